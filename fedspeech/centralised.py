@@ -1,0 +1,84 @@
+"""Centralised baseline (`federated=false`): the same model on the pooled training data.
+
+It runs as many "rounds" as the federated run and, per round, trains on as much audio as a
+federated round would (expected cohort share of the training seconds x local epochs), drawn from
+the pooled data; so FL and central runs are compared at the same sample budget, and both write the
+same run-directory files.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from fedspeech.data.batching import UtteranceLoader
+from fedspeech.experiment_data import load_experiment_data
+from fedspeech.federation.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from fedspeech.federation.evaluation import CentralEvaluator
+from fedspeech.federation.parameters import trainable_state
+from fedspeech.models.factory import build_model
+from fedspeech.run_outputs import RunRecorder
+from fedspeech.training import train_local
+
+
+def round_budget_share(cfg: DictConfig, num_clients: int) -> float:
+    """Share of the training data a federated round trains on (cohort / population)."""
+    strategy = cfg.strategy
+    cohort = strategy.get("num_train_nodes") or max(
+        int(strategy.get("min_train_nodes", 1) or 1),
+        int(round(float(strategy.get("fraction_train", 1.0)) * num_clients)))
+    return min(1.0, cohort / num_clients)
+
+
+def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
+    data = load_experiment_data(cfg)
+    torch.manual_seed(int(cfg.seed))
+    torch.set_num_threads(int(cfg.train.num_threads or torch.get_num_threads()))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg.model, data.tokenizer).to(device)
+    evaluator = CentralEvaluator(cfg, data, model, device)
+    recorder = RunRecorder(cfg, run_dir, data)
+    pooled = data.train_rows().reset_index(drop=True)
+    share = round_budget_share(cfg, data.num_clients)
+    per_round = max(1, int(round(share * len(pooled))))
+    print(f"centralised run: {len(pooled)} pooled utterances, {per_round} per round "
+          f"(share {share:.3f} of the data, as a federated round), {cfg.num_rounds} rounds", flush=True)
+
+    start = 1
+    ckpt_path = find_checkpoint(cfg.resume, run_dir)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.arrays.items()}, strict=False)
+        recorder.load_state(ckpt.state)
+        start = ckpt.round + 1
+    else:
+        metrics, _ = evaluator()
+        recorder.add_round0(metrics)
+
+    for rnd in range(start, int(cfg.num_rounds) + 1):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(int(cfg.seed) * 7919 + rnd)
+        rows = pooled.iloc[np.sort(rng.choice(len(pooled), per_round, replace=False))]
+        torch.manual_seed(int(cfg.seed) * 1_000_003 + rnd)
+        loader = UtteranceLoader(rows, data.audio_cache, cfg.train.batch_seconds, shuffle=True,
+                                 seed=int(cfg.seed) + rnd)
+        stats = train_local(model, loader, device, lr=float(cfg.train.lr),
+                            weight_decay=float(cfg.train.weight_decay),
+                            epochs=int(cfg.train.local_epochs), max_steps=cfg.train.max_steps,
+                            grad_clip=cfg.train.grad_clip, grad_accum=int(cfg.train.grad_accum),
+                            precision=str(cfg.train.precision))
+        t_train = time.perf_counter() - t0
+        metrics, records = evaluator()
+        recorder.add_round(rnd, metrics=metrics, sampled=0, replies=[], failures=0, bytes_up=0,
+                           bytes_down=0, aggregated={"train-loss": stats.loss}, lr=float(cfg.train.lr),
+                           train_wall_s=t_train, wall_s=time.perf_counter() - t0, records=records)
+        recorder.history[-1]["train_seconds"] = round(stats.num_seconds, 3)
+        save_checkpoint(run_dir / "checkpoints", Checkpoint(
+            round=rnd, arrays={k: v.numpy() for k, v in trainable_state(model).items()},
+            server_state={}, state=recorder.state()), keep=cfg.keep_checkpoints)
+    recorder.finish()
+    return recorder

@@ -1,0 +1,76 @@
+"""The prepared data of one experiment as a process sees it: manifest, partition, tokenizer.
+
+Loaded once per process (server or Ray worker) and shared by every client that process trains.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from fedspeech.data.audio import AudioCache
+from fedspeech.data.manifest import read_manifest
+from fedspeech.data.text import CharTokenizer
+
+
+@dataclass
+class ExperimentData:
+    manifest: pd.DataFrame
+    clients: pd.DataFrame            # id, client (train utterances of the chosen partition)
+    tokenizer: CharTokenizer
+    audio_cache: AudioCache
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.clients["client"].max()) + 1
+
+    def client_rows(self, client: int) -> pd.DataFrame:
+        ids = self.clients.loc[self.clients["client"] == client, "id"]
+        rows = self.manifest.loc[self.manifest["id"].isin(set(ids))]
+        if rows.empty:
+            raise ValueError(f"client {client} has no utterances in the partition")
+        return rows
+
+    def train_rows(self) -> pd.DataFrame:
+        """Every utterance of the partition (the pooled data of the centralised baseline)."""
+        return self.manifest.loc[self.manifest["id"].isin(set(self.clients["id"]))]
+
+    def split_rows(self, split: str, max_utterances: int | None = None) -> pd.DataFrame:
+        rows = self.manifest.loc[self.manifest["split"] == split]
+        if rows.empty:
+            raise ValueError(f"the manifest has no '{split}' utterances")
+        if max_utterances:
+            rows = rows.sort_values("id").head(int(max_utterances))
+        return rows
+
+    def speakers_of(self, client: int) -> list[str]:
+        return sorted(set(self.client_rows(client)["speaker"]))
+
+
+def prepared_files(cfg: DictConfig) -> dict[str, Path]:
+    prepared = Path(cfg.paths.prepared)
+    return {"manifest": prepared / "manifest.csv", "tokenizer": prepared / "tokenizer.json",
+            "clients": Path(cfg.paths.partition) / "clients.csv"}
+
+
+@functools.lru_cache(maxsize=2)
+def _load(manifest: str, tokenizer: str, clients: str, cache_mb: float) -> ExperimentData:
+    return ExperimentData(manifest=read_manifest(manifest),
+                          clients=pd.read_csv(clients, dtype={"id": str, "client": int}),
+                          tokenizer=CharTokenizer.load(tokenizer),
+                          audio_cache=AudioCache(cache_mb))
+
+
+def load_experiment_data(cfg: DictConfig) -> ExperimentData:
+    files = prepared_files(cfg)
+    for name, path in files.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"missing {name} file {path}: run "
+                                    f"`python -m fedspeech.dataset_preparation dataset={cfg.dataset.name} "
+                                    f"partitioner={cfg.partitioner.name}`")
+    return _load(str(files["manifest"]), str(files["tokenizer"]), str(files["clients"]),
+                 float(cfg.audio_cache_mb))

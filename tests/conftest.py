@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny synthetic corpus prepared once per session, and a `main` runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A corpus small enough to synthesise in seconds: 3 training voices, 1 unseen voice.
+TINY_CORPUS = [
+    "dataset.reader.num_train_speakers=3", "dataset.reader.num_unseen_speakers=1",
+    "dataset.reader.train_sentences=6", "dataset.reader.dev_sentences=1",
+    "dataset.reader.test_sentences=2", "dataset.reader.unseen_sentences=3",
+]
+# A model and round small enough for a CI machine.
+TINY_RUN = ["model.hidden_size=32", "model.num_layers=1", "model.conv_channels=8",
+            "train.batch_seconds=30", "eval.batch_seconds=60", "verbose=true"]
+
+
+def run_module(module: str, *overrides: str, timeout: int = 600, check: bool = True,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <overrides>` from the repo root, as a user would."""
+    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0",
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """paths.data holding the tiny synthetic corpus, its manifest and its speaker partition."""
+    data = tmp_path_factory.mktemp("data")
+    run_module("fedspeech.dataset_preparation", f"paths.data={data}", *TINY_CORPUS)
+    return data
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "history.json").read_text())

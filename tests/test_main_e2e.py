@@ -1,0 +1,36 @@
+"""A whole federated run through `python -m fedspeech.main`, on the Ray backend, tiny sizes."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
+
+
+def test_federated_run_writes_run_dir(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *TINY_RUN,
+                      "num_rounds=2", "strategy.num_train_nodes=2", "client_resources.num_cpus=1",
+                      f"hydra.run.dir={run_dir}")
+    assert "[round 2/2]" in proc.stdout
+    for name in (".hydra/config.yaml", "history.json", "speakers.csv", "plots/wer.png",
+                 "plots/speakers.png"):
+        assert (run_dir / name).is_file(), name
+    history = read_history(run_dir)
+    assert [h["round"] for h in history] == [0, 1, 2]
+    for h in history[1:]:
+        assert h["clients_sampled"] == 2 and h["clients_replied"] == 2
+        assert h["train_seconds"] > 0 and h["bytes_up"] > 0 and h["bytes_down"] > 0
+        assert 0.0 <= h["cer"] and 0.0 <= h["wer"] and not math.isnan(h["wer"])
+        assert h["wall_s"] > 0 and h["loss"] > 0
+    # bytes: each sampled client receives and returns every trainable tensor once (float32)
+    assert history[1]["bytes_up"] == history[1]["bytes_down"]
+    speakers = pd.read_csv(run_dir / "speakers.csv", dtype={"speaker": str})
+    assert set(speakers.columns) >= {"speaker", "n_utts", "seconds", "rounds_participated",
+                                     "seen_in_training", "wer", "cer"}
+    assert (~speakers["seen_in_training"]).sum() == 1      # the one unseen voice
+    assert speakers.loc[~speakers["seen_in_training"], "rounds_participated"].eq(0).all()
+    assert speakers["rounds_participated"].sum() > 0
+    assert (run_dir / "checkpoints").is_dir()
