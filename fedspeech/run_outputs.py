@@ -24,6 +24,11 @@ from fedspeech.metrics import per_speaker
 SPEAKER_COLUMNS = ["speaker", "n_utts", "seconds", "rounds_participated", "seen_in_training",
                    "train_seconds", "train_utts", "wer", "cer"]
 
+# aggregated reply metrics that the round record already holds in its own words (or that are
+# per-client timings, meaningless once averaged)
+_ALREADY_RECORDED = {"num-seconds", "num-examples", "partition-id", "num-sampled", "num-replied",
+                     "num-failed", "client-total-s", "client-compute-s", "train-loss"}
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +112,9 @@ class RunRecorder:
             record["lr"] = float(lr)
         for key, value in aggregated.items():
             name = key.replace("-", "_")
-            if name not in record and isinstance(value, (int, float)):
+            if key in _ALREADY_RECORDED or name in record:
+                continue
+            if isinstance(value, (int, float)):
                 record[name] = float(value)
         self.history.append(record)
         if records is not None:

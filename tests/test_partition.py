@@ -231,6 +231,9 @@ def test_bad_input_gives_clear_errors():
         SpeakerPartitioner(key="client").assign(train, 0)
     with pytest.raises(PartitionError, match="fewer than 200 utterances"):
         DirichletPartitioner(num_clients=5, attribute="gender", alpha=0.05, min_partition_size=200).assign(train, 0)
+    with pytest.raises(PartitionError, match=f"all {len(train)} train utterances were excluded \\({len(train)} "
+                                             "client_below_min_utterances\\)"):
+        SpeakerPartitioner(min_utterances=1000).assign(train, 0)
     with pytest.raises(PartitionError, match="duplicate utterance ids"):
         IidPartitioner(num_clients=2).assign(pd.concat([train, train.head(2)]), 0)
 

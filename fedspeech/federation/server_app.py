@@ -62,7 +62,8 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid) -> RunRecorder:
     strategy = build_strategy(cfg.strategy, population=population, seed=int(cfg.seed))
     recorder = RunRecorder(cfg, run_dir, data)
     timeout = float(cfg.strategy.round_timeout)
-    strategy.set_node_partitions(node_partitions(grid, population, timeout))
+    partition_of = node_partitions(grid, population, timeout)
+    strategy.set_node_partitions(partition_of)
 
     arrays = to_record(model)
     start_round = 1
@@ -84,7 +85,9 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid) -> RunRecorder:
         train_config = ConfigRecord({"server-round": rnd, "local-epochs": int(cfg.train.local_epochs)})
         messages = list(strategy.configure_train(rnd, arrays, train_config, grid))
         bytes_down = record_nbytes(arrays) * len(messages)
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        # replies arrive in completion order; aggregate in partition order so sums are reproducible
+        replies = sorted(grid.send_and_receive(messages, timeout=timeout),
+                         key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
         ok = [m for m in replies if not m.has_error()]
         bytes_up = sum(record_nbytes(m.content["arrays"]) for m in ok)
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
@@ -96,7 +99,7 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid) -> RunRecorder:
             else ({}, None)
         sent_lr = messages[0].content["config"].get("lr") if messages else None
         recorder.add_round(rnd, metrics=metrics, sampled=len(messages), replies=ok,
-                           failures=len(replies) - len(ok), bytes_up=bytes_up, bytes_down=bytes_down,
+                           failures=len(messages) - len(ok), bytes_up=bytes_up, bytes_down=bytes_down,
                            aggregated=dict(agg) if agg is not None else {}, lr=sent_lr,
                            train_wall_s=t_train, wall_s=time.perf_counter() - t0, records=records)
         save_checkpoint(run_dir / "checkpoints", Checkpoint(

@@ -1,0 +1,43 @@
+"""Kill a federated run mid-way (a real process kill) and resume it: same history as unbroken."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO, TINY_CORPUS, TINY_RUN, read_history, run_module
+
+TIMING = {"wall_s", "elapsed_s", "train_wall_s", "client_compute_s", "eval_s"}
+RUN = [*TINY_CORPUS, *TINY_RUN, "num_rounds=3", "strategy.num_train_nodes=2", "seed=3",
+       "strategy=fedadam"]
+
+
+def _comparable(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+def test_killed_run_resumes_to_the_same_history(tiny_data, tmp_path):
+    reference = tmp_path / "reference"
+    run_module("fedspeech.main", f"paths.data={tiny_data}", *RUN, f"hydra.run.dir={reference}")
+
+    broken = tmp_path / "broken"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedspeech.main", f"paths.data={tiny_data}", *RUN,
+                             f"hydra.run.dir={broken}"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not (broken / "checkpoints" / "round_0002").is_dir():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline, "no round-2 checkpoint in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)       # the driver, Ray and its workers, at once
+    proc.wait()
+    assert len(read_history(broken)) < 4      # round 3 never finished
+
+    proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *RUN, f"hydra.run.dir={broken}",
+                      "resume=true")
+    assert "resuming from" in proc.stdout
+    assert _comparable(read_history(broken)) == _comparable(read_history(reference))
