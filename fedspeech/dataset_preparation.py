@@ -64,15 +64,23 @@ def prepare_partition(cfg: DictConfig, force: bool = False) -> Path:
     return clients
 
 
-def prepare(cfg: DictConfig, force: bool = False) -> None:
-    prepare_manifest(cfg, force)
-    prepare_partition(cfg, force)
+STAGES = ("manifest", "partition")
+
+
+def prepare(cfg: DictConfig, force: bool = False, stages: tuple[str, ...] = STAGES) -> None:
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"prepare_stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    if "manifest" in stages:
+        prepare_manifest(cfg, force)
+    if "partition" in stages:
+        prepare_partition(cfg, force)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     validate_config(cfg)
-    prepare(cfg, force=bool(cfg.force_prepare))
+    prepare(cfg, force=bool(cfg.force_prepare), stages=tuple(cfg.prepare_stages))
 
 
 if __name__ == "__main__":

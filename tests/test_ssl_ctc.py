@@ -248,3 +248,66 @@ def test_large_shapes_on_meta(kind):
     assert 314e6 < total < 317e6
     assert feature_encoder == 4_210_176
     assert encoder.config.feat_extract_norm == "layer" and encoder.config.hidden_size == 1024
+
+
+def test_paper_experiment_config_composes(encoders, tokenizer):
+    """conf/experiment/fedwav2vec2_paper.yaml: the paper's values win over the root defaults."""
+    from hydra import compose, initialize_config_dir
+
+    from fedspeech.config import validate_config
+
+    root = OmegaConf.load(CONFIG_DIR / "config.yaml")
+    slot = any("experiment" in str(entry) for entry in root.defaults)
+    choice = ("" if slot else "+") + "experiment=fedwav2vec2_paper"
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[choice, "dataset.root=/corpora/TEDLIUM_release-3"])
+    validate_config(cfg)
+    assert (cfg.model.name, cfg.dataset.name, cfg.partitioner.name) == \
+        ("wav2vec2", "tedlium3", "tedlium_paper")
+    assert cfg.model.pretrained == "facebook/wav2vec2-large-lv60"
+    assert (cfg.model.encoder_lr, cfg.model.head_lr) == (1e-4, 1e-3)
+    assert (cfg.num_rounds, cfg.train.local_epochs, cfg.strategy.num_train_nodes) == (100, 20, 20)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.precision) == (1e-4, 0.0, "bf16")
+    assert (cfg.partitioner.min_duration, cfg.partitioner.max_duration) == (0.1, 10.0)
+    assert cfg.client_resources.num_gpus == 0.25
+    model_cfg = cfg.model.copy()
+    model_cfg.pretrained = str(encoders["wav2vec2"])
+    model_cfg.local_files_only = True
+    model = build_model(model_cfg, tokenizer)       # every paper key is a real SSLCTC option
+    assert not model.encoder.config.mask_time_prob and model.output_norm
+    assert any(n.startswith("encoder.feature_extractor.") for n in model.trainable_names())
+
+
+# One federated run per encoder, each with another freezing mode, through the real entry point.
+MAIN_CASES = {
+    "wav2vec2": [],
+    "hubert": ["model.freeze_encoder_steps=1", "model.encoder_lr=1e-4", "model.head_lr=1e-3"],
+    "wavlm": ["model.freeze_encoder=true"],
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_federated_run_through_main(kind, encoders, tiny_data, tmp_path):
+    from conftest import TINY_CORPUS, read_history, run_module
+
+    overrides = [f"model={kind}", f"model.pretrained={encoders[kind]}", "model.local_files_only=true",
+                 *MAIN_CASES[kind]]
+    run_dir = tmp_path / "run"
+    proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *overrides,
+                      "num_rounds=2", "strategy.num_train_nodes=2", "client_resources.num_cpus=1",
+                      "train.batch_seconds=30", "eval.batch_seconds=60", f"hydra.run.dir={run_dir}")
+    assert "[round 2/2]" in proc.stdout
+    history = read_history(run_dir)
+    assert [h["round"] for h in history] == [0, 1, 2]
+
+    # what travelled is exactly this configuration's exchanged set, for each of the 2 clients
+    tok = CharTokenizer.load(tiny_data / "synthetic" / "tokenizer.json")
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{kind}.yaml")
+    cfg.merge_with_dotlist([o.removeprefix("model.") for o in overrides[1:]])
+    local = build_model(cfg, tok)
+    per_client = record_nbytes(to_record(local))
+    for h in history[1:]:
+        assert h["clients_replied"] == 2 and h["train_seconds"] > 0
+        assert h["bytes_up"] == h["bytes_down"] == 2 * per_client
+        assert math.isfinite(h["wer"]) and h["loss"] > 0
+    assert (run_dir / "checkpoints").is_dir()

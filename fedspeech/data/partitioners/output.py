@@ -1,0 +1,160 @@
+"""Writing a partition (clients.csv, summary.json, excluded.csv, client_sizes.png) and reading it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .base import MAX_LISTED_SPEAKERS, Partitioner, PartitionError, natural_key
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; partitions are shared data
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plot_sizes(minutes: np.ndarray, title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.hist(minutes, bins=min(50, max(5, len(minutes) // 4)), color="tab:blue", edgecolor="white")
+    ax.axvline(float(np.median(minutes)), color="tab:red", linestyle="--",
+               label=f"median {np.median(minutes):.1f} min")
+    ax.set_xlabel("training audio per client (minutes)")
+    ax.set_ylabel("number of clients")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_partition(manifest: pd.DataFrame, partitioner: Partitioner, seed: int, out_dir: str | Path) -> dict:
+    """Partition the manifest's train split and write clients.csv, summary.json, excluded.csv and
+    client_sizes.png into `out_dir`. Returns the summary."""
+    out_dir = Path(out_dir)
+    if "split" not in manifest.columns:
+        raise PartitionError("the manifest has no 'split' column")
+    train = manifest[manifest["split"] == "train"]
+    assignment = partitioner.split(train, seed)
+    kept = assignment.labels.notna()
+    labels = assignment.labels[kept].map(str)
+    order = sorted(labels.unique(), key=natural_key)
+    client_of = {label: i for i, label in enumerate(order)}
+    clients = pd.DataFrame({"id": train.loc[kept, "id"].astype(str).to_numpy(),
+                            "client": labels.map(client_of).to_numpy()})
+    clients = clients.sort_values(["client", "id"], kind="stable").reset_index(drop=True)
+
+    rows = train.loc[kept].assign(client=labels.map(client_of).to_numpy())
+    rows["speaker"] = rows["speaker"].astype(str)
+    seconds = rows.groupby("client")["duration"].sum()
+    utts = rows.groupby("client").size()
+    speakers = rows.groupby("client")["speaker"].unique()
+    list_speakers = int(sum(len(s) for s in speakers)) <= MAX_LISTED_SPEAKERS
+    per_client = []
+    for c, label in enumerate(order):
+        entry = {"client": c, "label": label, "utterances": int(utts[c]),
+                 "seconds": round(float(seconds[c]), 3), "num_speakers": int(len(speakers[c]))}
+        if list_speakers:
+            entry["speakers"] = sorted(speakers[c], key=natural_key)
+        per_client.append(entry)
+    excluded = assignment.excluded
+    minutes = seconds.to_numpy() / 60
+    summary = {
+        "partitioner": {"name": partitioner.name, "kind": partitioner.kind,
+                        "class": f"{type(partitioner).__module__}.{type(partitioner).__qualname__}",
+                        "params": partitioner.params(), "uses_seed": partitioner.uses_seed},
+        "seed": int(seed),
+        "num_clients": len(order),
+        "totals": {
+            "utterances": int(len(clients)), "seconds": round(float(seconds.sum()), 3),
+            "hours": round(float(seconds.sum() / 3600), 3), "speakers": int(rows["speaker"].nunique()),
+            "minutes_per_client": {"min": round(float(minutes.min()), 3),
+                                   "median": round(float(np.median(minutes)), 3),
+                                   "max": round(float(minutes.max()), 3)},
+            "train_rows_in_manifest": int(len(train)),
+            "non_train_rows_ignored": int(len(manifest) - len(train)),
+            "excluded": int(len(excluded)),
+            "excluded_by_reason": {k: int(v) for k, v in excluded["reason"].value_counts().sort_index().items()},
+            "speakers_listed": list_speakers,
+        },
+        "info": _jsonable(assignment.info),
+        "clients": per_client,
+    }
+    _atomic(out_dir / "clients.csv", lambda tmp: clients.to_csv(tmp, index=False))
+    _atomic(out_dir / "excluded.csv", lambda tmp: excluded.to_csv(tmp, index=False))
+    _atomic(out_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
+    _plot_sizes(minutes, f"{partitioner.name}: {len(order)} clients, {seconds.sum() / 3600:.1f} h (seed {seed})",
+                out_dir / "client_sizes.png")
+    _print_summary(summary, out_dir)
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _print_summary(summary: dict, out_dir: Path) -> None:
+    t = summary["totals"]
+    m = t["minutes_per_client"]
+    print(f"partition {summary['partitioner']['name']} (seed {summary['seed']}) -> {out_dir}")
+    print(f"  {'clients':>8} {'utts':>9} {'hours':>8} {'min/client: min':>16} {'median':>8} {'max':>8}")
+    print(f"  {summary['num_clients']:>8d} {t['utterances']:>9d} {t['hours']:>8.2f} "
+          f"{m['min']:>16.2f} {m['median']:>8.2f} {m['max']:>8.2f}")
+    if t["excluded"]:
+        print(f"  excluded: {t['excluded']} (reasons in {out_dir / 'excluded.csv'})")
+        for reason, n in t["excluded_by_reason"].items():
+            print(f"    {n:8d}  {reason}")
+
+
+def read_partition(out_dir: str | Path) -> pd.DataFrame:
+    """`clients.csv` of a partition folder (or the file itself), checked: unique ids, clients 0..N-1."""
+    path = Path(out_dir)
+    path = path / "clients.csv" if path.is_dir() or path.suffix != ".csv" else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no partition at {path}; run `python -m fedspeech.dataset_preparation`")
+    clients = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    if list(clients.columns[:2]) != ["id", "client"]:
+        raise PartitionError(f"{path} must start with columns id, client; got {list(clients.columns)}")
+    clients["client"] = clients["client"].astype(int)
+    if clients["id"].duplicated().any():
+        raise PartitionError(f"{path} lists some utterance ids more than once")
+    present = np.unique(clients["client"].to_numpy())
+    if not np.array_equal(present, np.arange(len(present))):
+        raise PartitionError(f"{path}: client ids are not consecutive from 0")
+    return clients
+
+
+def client_rows(manifest: pd.DataFrame, clients: pd.DataFrame, client: int) -> pd.DataFrame:
+    """The manifest rows of one client (in manifest order)."""
+    ids = clients.loc[clients["client"] == client, "id"]
+    if ids.empty:
+        raise PartitionError(f"client {client} is not in the partition (clients 0..{clients['client'].max()})")
+    rows = manifest[manifest["id"].astype(str).isin(set(ids))]
+    if len(rows) != len(ids):
+        raise PartitionError(f"client {client}: {len(ids) - len(rows)} of its {len(ids)} utterances are not "
+                             "in this manifest (partition written from another manifest?)")
+    return rows
