@@ -97,21 +97,26 @@ def run_phase(mode: str, model_dir: str, clients: int, seconds: float) -> dict:
     parts: list[dict[str, float]] = []
     bytes_up = 0
     for client in range(clients):
-        t = [time.perf_counter()]
+        t = [(time.perf_counter(), time.process_time())]
         model = cached_model(cfg, tok, seed=0) if mode == "cached" else build_model(cfg, tok)
-        t.append(time.perf_counter())
+        t.append((time.perf_counter(), time.process_time()))
         load_record(model, global_record)
-        t.append(time.perf_counter())
+        t.append((time.perf_counter(), time.process_time()))
         loader = UtteranceLoader(rows, cache, batch_seconds=30.0, shuffle=True, seed=client)
         stats = train_local(model, loader, device, lr=1e-4)
-        t.append(time.perf_counter())
+        t.append((time.perf_counter(), time.process_time()))
         reply = to_record(model)
         bytes_up = record_nbytes(reply)
-        t.append(time.perf_counter())
-        parts.append({k: t[i + 1] - t[i] for i, k in enumerate(("model", "load", "train", "reply"))})
-        parts[-1]["total"] = t[-1] - t[0]
-        print(f"  [{mode}] client {client}: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts[-1].items())
-              + f" ({stats.steps} step, loss {stats.loss:.1f})", file=sys.stderr, flush=True)
+        t.append((time.perf_counter(), time.process_time()))
+        part = {}
+        for clock, name in ((0, "wall"), (1, "cpu")):
+            for i, key in enumerate(("model", "load", "train", "reply")):
+                part[f"{name}_{key}"] = t[i + 1][clock] - t[i][clock]
+            part[f"{name}_total"] = t[-1][clock] - t[0][clock]
+        parts.append(part)
+        print(f"  [{mode}] client {client}: " + ", ".join(
+            f"{k} {part['wall_' + k]:.2f}/{part['cpu_' + k]:.2f} s" for k in ("model", "load", "train", "reply", "total"))
+            + f" wall/cpu ({stats.steps} step, loss {stats.loss:.1f})", file=sys.stderr, flush=True)
         del model, reply
         gc.collect()
     current, peak = rss_mb()
@@ -152,8 +157,9 @@ def main() -> None:
         print(json.dumps(run_phase(args.phase, args.model_dir, args.clients, args.seconds)))
         return
 
-    print(f"torch threads {torch.get_num_threads()}, {args.clients} client calls of "
-          f"{args.seconds:g} s audio per mode", flush=True)
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; {args.clients} client calls of {args.seconds:g} s audio per mode",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model_dir = str(save_base_encoder(Path(tmp) / "w2v2-base"))
@@ -163,24 +169,31 @@ def main() -> None:
         sizes = exchanged_bytes(model_dir)
 
     c, u = results["cached"], results["uncached"]
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (timings are only comparable when it "
+          "stayed below the core count)")
 
     def med(r: dict, key: str, calls: slice) -> float:
         return statistics.median(p[key] for p in r["parts"][calls])
 
     steady = slice(1, None) if args.clients > 1 else slice(None)
-    print("\n== per client call (CPU), median seconds ==")
-    print(f"{'mode':>9} {'first call':>10} | later calls: {'model':>6} {'load':>6} {'train':>6} "
-          f"{'reply':>6} {'total':>6} | builds  peak RSS  RSS at end")
+    keys = ("model", "load", "train", "reply", "total")
+    for clock in ("cpu", "wall"):
+        print(f"\n== per client call, median {clock} seconds "
+              f"({'process CPU time, robust to other load' if clock == 'cpu' else 'elapsed'}) ==")
+        print(f"{'mode':>9} {'first call':>10} | later calls: " + " ".join(f"{k:>6}" for k in keys))
+        for r in (c, u):
+            print(f"{r['mode']:>9} {r['parts'][0][clock + '_total']:>10.2f} | {'':13}"
+                  + " ".join(f"{med(r, f'{clock}_{k}', steady):>6.2f}" for k in keys))
+        handling = {r["mode"]: med(r, f"{clock}_model", steady) + med(r, f"{clock}_load", steady)
+                    for r in (c, u)}
+        print(f"model handling (get/build + load weights): uncached {handling['uncached']:.2f} s vs "
+              f"cached {handling['cached']:.2f} s; uncached / cached per client call: "
+              f"{med(u, f'{clock}_total', steady) / med(c, f'{clock}_total', steady):.2f}x later calls, "
+              f"{u['parts'][0][clock + '_total'] / c['parts'][0][clock + '_total']:.2f}x first call")
+    print("\n== memory ==")
     for r in (c, u):
-        print(f"{r['mode']:>9} {r['parts'][0]['total']:>10.2f} | {'':13}"
-              + " ".join(f"{med(r, k, steady):>6.2f}" for k in ("model", "load", "train", "reply", "total"))
-              + f" | {r['builds']:>6}  {r['peak_rss_mb']:>5.0f} MiB  {r['rss_end_mb']:>5.0f} MiB")
-    handling = {r["mode"]: med(r, "model", steady) + med(r, "load", steady) for r in (c, u)}
-    print(f"model handling per call (get/build + load weights): uncached {handling['uncached']:.2f} s "
-          f"vs cached {handling['cached']:.2f} s -> {handling['uncached'] / max(handling['cached'], 1e-9):.1f}x")
-    print(f"uncached / cached time per client (median, later calls): "
-          f"{med(u, 'total', steady) / med(c, 'total', steady):.2f}x; first call: "
-          f"{u['parts'][0]['total'] / c['parts'][0]['total']:.2f}x")
+        print(f"{r['mode']:>9}: models built {r['builds']}, peak RSS {r['peak_rss_mb']:.0f} MiB, "
+              f"RSS at end {r['rss_end_mb']:.0f} MiB")
     print(f"uncached / cached peak RSS: {u['peak_rss_mb'] / c['peak_rss_mb']:.2f}x; RSS held between "
           f"calls: cached {c['rss_end_mb'] - c['rss_before_mb']:+.0f} MiB, "
           f"uncached {u['rss_end_mb'] - u['rss_before_mb']:+.0f} MiB")

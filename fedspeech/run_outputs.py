@@ -18,6 +18,7 @@ import pandas as pd
 from flwr.app import ArrayRecord, Message
 from omegaconf import DictConfig
 
+from fedspeech import LAUNCH_TIME
 from fedspeech.experiment_data import ExperimentData
 from fedspeech.metrics import per_speaker
 
@@ -47,7 +48,7 @@ class RunRecorder:
         self.data = data
         self.history: list[dict[str, Any]] = []
         self.client_rounds: dict[int, list[int]] = defaultdict(list)
-        self.t_start = time.time()
+        self.t_start = LAUNCH_TIME
         self.elapsed_before = 0.0
         self.last_records: pd.DataFrame | None = None
         self.verbose = bool(cfg.get("verbose", True))

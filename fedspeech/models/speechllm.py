@@ -197,7 +197,8 @@ def _encoder_preprocessing(name: str, config: object, local_files_only: bool) ->
     try:
         from transformers import AutoFeatureExtractor
         fe = AutoFeatureExtractor.from_pretrained(name, local_files_only=local_files_only)
-        return bool(getattr(fe, "do_normalize", layer_norm)), bool(getattr(fe, "return_attention_mask", layer_norm))
+        return (bool(getattr(fe, "do_normalize", layer_norm)),
+                bool(getattr(fe, "return_attention_mask", layer_norm)))
     except (OSError, ValueError, KeyError):
         return layer_norm, layer_norm
 
@@ -279,7 +280,8 @@ class SpeechLLM(SpeechModel):
         spec = dict(connector or {"kind": "linear_pool", "pool": 5})
         unknown = set(spec) - _CONNECTOR_KEYS
         if unknown:
-            raise ValueError(f"unknown connector options {sorted(unknown)}; allowed {sorted(_CONNECTOR_KEYS)}")
+            raise ValueError(f"unknown connector options {sorted(unknown)}; "
+                             f"allowed {sorted(_CONNECTOR_KEYS)}")
         self.connector = Connector(spec.get("kind", "linear_pool"), self.encoder.dim,
                                    int(base.config.hidden_size), pool=int(spec.get("pool", 1)),
                                    hidden=spec.get("hidden")).float()

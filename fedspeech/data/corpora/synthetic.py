@@ -2,9 +2,9 @@
 
 It lets every part of fedspeech run end to end with no download: a "speaker" is a fixed eSpeak
 voice (an English accent) + variant (voice quality) + pitch + speaking rate, all drawn from the
-seed. Training speakers read disjoint-from-held-out sentences in `train-synthetic`, and a few
-held-out sentences each in `dev-synthetic` and `test-synthetic` (seen speakers, new sentences);
-unseen speakers (new voice/variant combinations) appear only in `test-synthetic`.
+seed. Training speakers read their training sentences in `train-synthetic` and a few held-out
+sentences each (never read in training) in `dev-synthetic` and `test-synthetic`; unseen speakers
+(voice/variant pairs never heard in training) appear only in `test-synthetic`.
 
 Layout, as LibriSpeech ships it, so the LibriSpeech reader reads it unchanged:
 `<root>/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<nnnn>.flac` (16 kHz),
@@ -15,6 +15,7 @@ interrupted one and is rebuilt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -52,8 +53,10 @@ FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 RATE_WPM = (125, 145)
 PITCH = (35, 65)  # 0..100 around the variant's own pitch (50)
 PITCH_RANGE = (35, 75)  # intonation range, 0..100 (50 = the variant's own)
+HEAD_SECONDS = 0.05  # silence added before the first sample (eSpeak may start on a sound)
+TAIL_SECONDS = 0.1  # silence kept after the last sound (eSpeak's final pause is ~0.3-0.5 s)
+SILENCE_LEVEL = 100  # |sample| below this (int16, about -50 dBFS) counts as silence
 TRAIN_READINGS = 3  # each training sentence is read by about this many training speakers
-SENTENCE_SEED_OFFSET = 7919  # sentences and voices draw from different streams of the seed
 
 
 class CorpusMismatchError(ValueError):
@@ -104,7 +107,8 @@ def _parameters(num_train_speakers: int, num_unseen_speakers: int, train_sentenc
 
 def _generator_settings() -> dict:
     """Everything besides the parameters that shapes the audio; part of the cache key."""
-    return dict(format_version=FORMAT_VERSION, sample_rate=SAMPLE_RATE, accents=list(ACCENTS),
+    return dict(format_version=FORMAT_VERSION, sample_rate=SAMPLE_RATE, head_seconds=HEAD_SECONDS,
+                tail_seconds=TAIL_SECONDS, silence_level=SILENCE_LEVEL, accents=list(ACCENTS),
                 male_variants=list(MALE_VARIANTS), female_variants=list(FEMALE_VARIANTS),
                 rate_wpm=list(RATE_WPM), pitch=list(PITCH), pitch_range=list(PITCH_RANGE),
                 train_readings=TRAIN_READINGS, espeak_version=espeak.engine().version)
@@ -170,7 +174,7 @@ def plan_utterances(speakers: list[Speaker], params: dict) -> list[Utterance]:
     pool_size = max(params["train_sentences"], math.ceil(n_train_total / TRAIN_READINGS))
     n_dev = len(seen) * params["dev_sentences"]
     n_test = len(seen) * params["test_sentences"] + len(unseen) * params["unseen_sentences"]
-    texts = generate_sentences(pool_size + n_dev + n_test, params["seed"] + SENTENCE_SEED_OFFSET)
+    texts = generate_sentences(pool_size + n_dev + n_test, params["seed"])
     train_pool, held = texts[:pool_size], iter(texts[pool_size:])
 
     plan: list[Utterance] = []
@@ -235,13 +239,20 @@ def _noise_seed(seed: int, utt_id: str) -> int:
     return zlib.crc32(f"{seed}/{utt_id}".encode()) & 0x7FFFFFFF
 
 
+def frame_silence(samples: np.ndarray, rate: int = espeak.SAMPLE_RATE) -> np.ndarray:
+    """`HEAD_SECONDS` of silence first; the sentence-final pause cut to `TAIL_SECONDS`."""
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) >= SILENCE_LEVEL)
+    end = len(samples) if not len(loud) else min(len(samples), loud[-1] + 1 + int(TAIL_SECONDS * rate))
+    return np.concatenate([np.zeros(int(HEAD_SECONDS * rate), dtype=samples.dtype), samples[:end]])
+
+
 def synthesize_utterance(utt: Utterance, speaker: Speaker, seed: int,
                          resampler: _Resampler | None = None) -> np.ndarray:
     """One utterance as 16 kHz float32 samples (deterministic for the same arguments)."""
     raw = espeak.synthesize(spoken_form(utt.text), speaker.voice, speaker.variant,
                             rate=speaker.rate, pitch=speaker.pitch, pitch_range=speaker.pitch_range,
-                            noise_seed=_noise_seed(seed, utt.id))
-    return (resampler or _Resampler())(raw)
+                            noise_seed=_noise_seed(seed, utt.id), end_pause=True)
+    return (resampler or _Resampler())(frame_silence(raw))
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -260,6 +271,12 @@ def _speakers_txt(speakers: list[Speaker], minutes: dict[str, float]) -> str:
         subset = SUBSETS["train" if s.seen else "test"]
         lines.append(f"{s.id:<5}| {s.gender[0].upper()} | {subset:<17}| {minutes[s.id]:5.2f} | {s.name}")
     return "\n".join(lines) + "\n"
+
+
+def _plan_digest(speakers: list[Speaker], plan: list[Utterance]) -> str:
+    """Fingerprint of who says what: a changed grammar or voice choice invalidates the cache."""
+    text = json.dumps([[asdict(s) for s in speakers], [asdict(u) for u in plan]])
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def _check_cached(root: Path, params: dict, settings: dict) -> bool:
@@ -324,12 +341,12 @@ def synthesize_corpus(root: str | Path, num_train_speakers: int = 18, num_unseen
     root = Path(root).expanduser().resolve()
     params = _parameters(num_train_speakers, num_unseen_speakers, train_sentences, dev_sentences,
                          test_sentences, unseen_sentences, seed)
-    settings = _generator_settings()
+    speakers = choose_speakers(num_train_speakers, num_unseen_speakers, seed)
+    plan = plan_utterances(speakers, params)
+    settings = {**_generator_settings(), "plan_sha1": _plan_digest(speakers, plan)}
     if _check_cached(root, params, settings):
         return root
 
-    speakers = choose_speakers(num_train_speakers, num_unseen_speakers, seed)
-    plan = plan_utterances(speakers, params)
     root.mkdir(parents=True, exist_ok=True)
     for subset in SUBSETS.values():
         if (root / subset).exists():
