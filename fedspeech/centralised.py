@@ -75,8 +75,8 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
         metrics, records = evaluator()
         recorder.add_round(rnd, metrics=metrics, sampled=0, replies=[], failures=0, bytes_up=0,
                            bytes_down=0, aggregated={"train-loss": stats.loss}, lr=float(cfg.train.lr),
-                           train_wall_s=t_train, wall_s=time.perf_counter() - t0, records=records)
-        recorder.history[-1]["train_seconds"] = round(stats.num_seconds, 3)
+                           train_wall_s=t_train, wall_s=time.perf_counter() - t0, records=records,
+                           train_seconds=stats.num_seconds)
         save_checkpoint(run_dir / "checkpoints", Checkpoint(
             round=rnd, arrays={k: v.numpy() for k, v in trainable_state(model).items()},
             server_state={}, state=recorder.state()), keep=cfg.keep_checkpoints)

@@ -91,8 +91,9 @@ class RunRecorder:
     def add_round(self, rnd: int, *, metrics: dict[str, float], sampled: int, replies: list[Message],
                   failures: int, bytes_up: int, bytes_down: int, aggregated: dict[str, Any],
                   lr: float | None, train_wall_s: float, wall_s: float,
-                  records: pd.DataFrame | None) -> None:
-        participants, seconds, compute = [], 0.0, 0.0
+                  records: pd.DataFrame | None, train_seconds: float | None = None) -> None:
+        """`train_seconds` is given by runs without replies (the centralised baseline)."""
+        participants, seconds, compute = [], float(train_seconds or 0.0), 0.0
         for msg in replies:
             m = msg.content["metrics"]
             pid = int(m["partition-id"])
