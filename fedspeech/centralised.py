@@ -65,7 +65,7 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
         rows = pooled.iloc[np.sort(rng.choice(len(pooled), per_round, replace=False))]
         torch.manual_seed(int(cfg.seed) * 1_000_003 + rnd)
         loader = UtteranceLoader(rows, data.audio_cache, cfg.train.batch_seconds, shuffle=True,
-                                 seed=int(cfg.seed) + rnd)
+                                 seed=int(cfg.seed) + rnd, max_utterances=cfg.train.max_batch_utterances)
         stats = train_local(model, loader, device, lr=float(cfg.train.lr),
                             weight_decay=float(cfg.train.weight_decay),
                             epochs=int(cfg.train.local_epochs), max_steps=cfg.train.max_steps,

@@ -28,8 +28,8 @@ def validate_config(cfg: DictConfig) -> None:
     _require(int(train.grad_accum) >= 1, "train.grad_accum", f"must be >= 1, got {train.grad_accum}")
     _require(str(train.precision) in ("fp32", "bf16", "fp16"), "train.precision",
              f"must be fp32, bf16 or fp16, got {train.precision!r}")
-    _require(str(cfg.eval.split) in ("train", "dev", "test"), "eval.split",
-             f"must be train, dev or test, got {cfg.eval.split!r}")
+    splits = ("train", "dev", "test", "ted_train_full5", "ted_train_wo5")
+    _require(str(cfg.eval.split) in splits, "eval.split", f"must be one of {splits}, got {cfg.eval.split!r}")
     _require(int(cfg.eval.every) >= 1, "eval.every", f"must be >= 1, got {cfg.eval.every}")
     strategy = cfg.strategy
     if "fraction_train" in strategy and strategy.fraction_train is not None:

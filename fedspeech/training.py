@@ -35,8 +35,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 def proximal_term(model: SpeechModel, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
     """FedProx's ||w - w_global||^2 over the exchanged (trainable) parameters."""
-    terms = [((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters()
-             if p.requires_grad and n in anchor]
+    terms = [((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in anchor]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -46,10 +45,11 @@ def train_local(model: SpeechModel, loader: UtteranceLoader, device: torch.devic
                 proximal_mu: float = 0.0, log_every: int = 0) -> TrainStats:
     """Train for `epochs` over the loader (or `max_steps` optimiser steps), fresh AdamW each call."""
     model.train()
+    exchanged = set(model.trainable_names())     # before param_groups may freeze some for K steps
+    anchor = ({n: p.detach().clone() for n, p in model.named_parameters() if n in exchanged}
+              if proximal_mu > 0 else {})
     optimizer = torch.optim.AdamW(model.param_groups(lr, weight_decay))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
-    anchor = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-              if proximal_mu > 0 else {})
     t0 = time.perf_counter()
     steps = micro = examples = 0
     seconds = loss_sum = 0.0

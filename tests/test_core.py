@@ -89,3 +89,32 @@ def test_unknown_key_and_bad_value_fail_clearly(tmp_path):
     proc = run_module("fedspeech.main", "train.precision=fp8", f"paths.data={tmp_path}",
                       f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode != 0 and "train.precision" in proc.stderr
+
+
+def test_paper_held_out_set_as_evaluation_split(tmp_path):
+    """eval.split=ted_train_full5 evaluates on the map's held-out utterances of the manifest."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from conftest import SHARED_DATA
+    from fedspeech.data.audio import AudioCache
+    from fedspeech.data.partition import paper_eval_ids
+    from fedspeech.experiment_data import ExperimentData
+    from fedspeech.federation.evaluation import evaluation_rows
+
+    map_path = SHARED_DATA / "tedlium3_paper_clients" / "all_clients.csv.gz"
+    if not map_path.is_file():
+        pytest.skip(f"published map not found at {map_path}")
+    held_out = paper_eval_ids(map_path, "ted_train_full5", 3)
+    ids = held_out[:4] + ["OtherTalk_2000_1.00_2.00"]
+    manifest = pd.DataFrame({"id": ids, "audio": "x.sph", "start": 0.0, "end": 1.0, "duration": 1.0,
+                             "speaker": [i.rsplit("_", 2)[0] for i in ids], "text": "a", "split": "train"})
+    data = ExperimentData(manifest=manifest, clients=pd.DataFrame({"id": ids, "client": 0}),
+                          tokenizer=CharTokenizer("a"), audio_cache=AudioCache(1))
+    cfg = OmegaConf.create({"eval": {"split": "ted_train_full5", "max_utterances": None},
+                            "partitioner": {"name": "tedlium_paper", "map_path": str(map_path),
+                                            "num_clients": 3}})
+    assert sorted(evaluation_rows(cfg, data)["id"]) == sorted(held_out[:4])
+    cfg.partitioner.name = "speaker"
+    with pytest.raises(ValueError, match="tedlium_paper"):
+        evaluation_rows(cfg, data)

@@ -49,8 +49,10 @@ class Batch:
 
 
 def duration_batches(durations: Sequence[float], batch_seconds: float, shuffle: bool,
-                     seed: int = 0, bucket_size: int = 64) -> list[list[int]]:
-    """Index lists whose padded length (n x max duration) stays within `batch_seconds`.
+                     seed: int = 0, bucket_size: int = 64,
+                     max_utterances: int | None = None) -> list[list[int]]:
+    """Index lists whose padded length (n x max duration) stays within `batch_seconds`
+    (and at most `max_utterances` long, when given).
 
     Utterances longer than the budget get a batch of their own rather than being dropped.
     """
@@ -65,7 +67,8 @@ def duration_batches(durations: Sequence[float], batch_seconds: float, shuffle: 
         longest = 0.0
         for idx in bucket:
             d = durations[idx]
-            if current and max(longest, d) * (len(current) + 1) > batch_seconds:
+            full = max_utterances is not None and len(current) >= max_utterances
+            if current and (full or max(longest, d) * (len(current) + 1) > batch_seconds):
                 batches.append(current)
                 current, longest = [], 0.0
             current.append(int(idx))
@@ -81,7 +84,7 @@ class UtteranceLoader:
     """Iterates duration-bucketed `Batch`es over manifest rows, decoding through an AudioCache."""
 
     def __init__(self, rows: pd.DataFrame, cache: AudioCache, batch_seconds: float,
-                 shuffle: bool, seed: int = 0) -> None:
+                 shuffle: bool, seed: int = 0, max_utterances: int | None = None) -> None:
         if len(rows) == 0:
             raise ValueError("no utterances to load")
         self.rows = rows.reset_index(drop=True)
@@ -89,6 +92,7 @@ class UtteranceLoader:
         self.batch_seconds = batch_seconds
         self.shuffle = shuffle
         self.seed = seed
+        self.max_utterances = max_utterances
         self.epoch = 0
         self.attribute_columns = [c for c in ATTRIBUTE_COLUMNS if c in self.rows.columns]
 
@@ -99,7 +103,8 @@ class UtteranceLoader:
     def plan(self, epoch: int | None = None) -> list[list[int]]:
         epoch = self.epoch if epoch is None else epoch
         return duration_batches(self.rows["duration"].to_numpy(), self.batch_seconds,
-                                self.shuffle, seed=self.seed * 100_003 + epoch)
+                                self.shuffle, seed=self.seed * 100_003 + epoch,
+                                max_utterances=self.max_utterances)
 
     def padding_ratio(self) -> float:
         """Real / padded frames over one epoch's batches (1.0 = no padding)."""

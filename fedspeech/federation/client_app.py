@@ -45,7 +45,7 @@ def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
     seed = int(cfg.seed) * 1_000_003 + server_round * 10_007 + client
     torch.manual_seed(seed)
     loader = UtteranceLoader(data.client_rows(client), data.audio_cache, cfg.train.batch_seconds,
-                             shuffle=True, seed=seed)
+                             shuffle=True, seed=seed, max_utterances=cfg.train.max_batch_utterances)
     train_cfg = cfg.train
     result = train_local(
         model, loader, device,

@@ -10,10 +10,29 @@ import torch
 from omegaconf import DictConfig
 
 from fedspeech.data.batching import UtteranceLoader
+from fedspeech.data.partition import PAPER_EVAL_SETS, paper_eval_ids
 from fedspeech.experiment_data import ExperimentData
 from fedspeech.metrics import attribute_accuracy, error_rates
 from fedspeech.models.base import SpeechModel
 from fedspeech.training import evaluate
+
+
+def evaluation_rows(cfg: DictConfig, data: ExperimentData) -> pd.DataFrame:
+    """Rows of `eval.split`: a manifest split, or one of the TED-LIUM 3 paper's held-out sets
+    (`ted_train_full5`: 5 held-out minutes of each participating talk; `ted_train_wo5`)."""
+    split = str(cfg.eval.split)
+    if split not in PAPER_EVAL_SETS:
+        return data.split_rows(split, cfg.eval.max_utterances)
+    if cfg.partitioner.name != "tedlium_paper":
+        raise ValueError(f"eval.split={split} needs partitioner=tedlium_paper (it names the "
+                         f"held-out utterances of the published client map)")
+    ids = set(paper_eval_ids(cfg.partitioner.map_path, split, cfg.partitioner.num_clients))
+    rows = data.manifest.loc[data.manifest["id"].isin(ids)]
+    if rows.empty:
+        raise ValueError(f"none of the {len(ids)} {split} utterances of the map are in the manifest")
+    if cfg.eval.max_utterances:
+        rows = rows.sort_values("id").head(int(cfg.eval.max_utterances))
+    return rows
 
 
 class CentralEvaluator:
@@ -24,7 +43,7 @@ class CentralEvaluator:
         self.model = model
         self.device = device
         self.precision = str(cfg.train.precision)
-        rows = data.split_rows(cfg.eval.split, cfg.eval.max_utterances)
+        rows = evaluation_rows(cfg, data)
         self.loader = UtteranceLoader(rows, data.audio_cache, cfg.eval.batch_seconds, shuffle=False)
         self.train_speakers = set(data.train_rows()["speaker"])
 
