@@ -22,14 +22,8 @@ from fedspeech.federation.strategies import FedLAMB, SpeechFedAvg
 
 
 @pytest.fixture(autouse=True)
-def server_identity(monkeypatch):
-    """Messages take run and node ids from the process identity a ServerApp has."""
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+def _as_server(server_identity):
+    """Every test here builds Messages as a ServerApp does."""
 
 
 class NodesGrid(Grid):

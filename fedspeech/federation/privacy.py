@@ -57,14 +57,9 @@ from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from .strategies import (
-    NDArrays,
-    SpeechStrategyMixin,
-    StateDict,
-    make_rng,
-    rng_state_from_array,
-    rng_state_to_array,
-)
+from .sampling import make_rng, rng_state_from_array, rng_state_to_array
+from .server_updates import NDArrays
+from .strategies import SpeechStrategyMixin, StateDict
 
 CLIPPING_MODES = ("global", "per_layer_uniform", "per_layer_size")
 NORMALIZE_MODES = (None, "global", "per_layer")

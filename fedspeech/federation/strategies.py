@@ -19,11 +19,14 @@ Aggregation is split into hooks so that the DP wrapper in
 Train ConfigRecord keys sent to clients: ``server-round`` (int), ``lr`` (float, client
 learning rate of this round) and ``proximal-mu`` (float, only when ``proximal_mu > 0``;
 the client adds ``mu/2 * ||w - w_global||^2``).
+
+The update rules live in :mod:`fedspeech.federation.server_updates` and the seeded
+sampling in :mod:`fedspeech.federation.sampling`; their public names are re-exported
+here so ``_target_: fedspeech.federation.strategies.X`` and older imports keep working.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -46,9 +49,41 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
+from .sampling import CohortSampler, make_rng, rng_state_from_array, rng_state_to_array
 from .schedules import Schedule, as_schedule
+from .server_updates import NDArrays, adagrad_step, adam_step, lamb_step, yogi_step
 
-NDArrays = dict[str, np.ndarray]
+__all__ = [
+    # re-exported from .server_updates and .sampling so existing imports keep working
+    "NDArrays",
+    "adam_step",
+    "yogi_step",
+    "adagrad_step",
+    "lamb_step",
+    "CohortSampler",
+    "make_rng",
+    "rng_state_to_array",
+    "rng_state_from_array",
+    # defined here
+    "StateDict",
+    "KEY_SERVER_ROUND",
+    "KEY_LR",
+    "KEY_PROXIMAL_MU",
+    "SUM_METRIC_KEYS",
+    "ID_METRIC_KEYS",
+    "ClientFailuresError",
+    "aggregate_train_metrics",
+    "RoundReport",
+    "SpeechStrategyMixin",
+    "ServerOptimizerMixin",
+    "SpeechFedAvg",
+    "SpeechFedAdam",
+    "SpeechFedYogi",
+    "SpeechFedAdagrad",
+    "FedLAMB",
+    "build_strategy",
+]
+
 StateDict = dict[str, "np.ndarray | float | int"]
 
 KEY_SERVER_ROUND = "server-round"
@@ -104,225 +139,6 @@ def _only_metricrecord(record: RecordDict) -> MetricRecord:
             reason=f"expected one MetricRecord per reply, got {len(record.metric_records)}"
         )
     return next(iter(record.metric_records.values()))
-
-
-# ------------------------------------------------------------ server update rules
-def _zeros_like(arrays: NDArrays) -> NDArrays:
-    return {k: np.zeros_like(v) for k, v in arrays.items()}
-
-
-def adam_step(
-    params: NDArrays,
-    delta: NDArrays,
-    m: NDArrays | None,
-    v: NDArrays | None,
-    *,
-    eta: float,
-    beta_1: float,
-    beta_2: float,
-    tau: float,
-    t: float,
-) -> tuple[NDArrays, NDArrays, NDArrays]:
-    """Server Adam (FedAdam) on the pseudo-gradient ``delta = average - params``.
-
-    Returns ``(new_params, m, v)``. Bias correction uses ``t``; Flower's FedAdam passes
-    ``server_round + 1`` and :class:`SpeechFedAdam` keeps that convention so both agree.
-    """
-    m = _zeros_like(delta) if m is None else m
-    v = _zeros_like(delta) if v is None else v
-    m = {k: beta_1 * x + (1 - beta_1) * delta[k] for k, x in m.items()}
-    v = {k: beta_2 * x + (1 - beta_2) * (delta[k] ** 2) for k, x in v.items()}
-    eta_norm = eta * np.sqrt(1 - np.power(beta_2, t)) / (1 - np.power(beta_1, t))
-    new = {k: x + eta_norm * m[k] / (np.sqrt(v[k]) + tau) for k, x in params.items()}
-    return new, m, v
-
-
-def yogi_step(
-    params: NDArrays,
-    delta: NDArrays,
-    m: NDArrays | None,
-    v: NDArrays | None,
-    *,
-    eta: float,
-    beta_1: float,
-    beta_2: float,
-    tau: float,
-) -> tuple[NDArrays, NDArrays, NDArrays]:
-    """Server Yogi: additive second-moment update that cannot blow up on one round."""
-    m = _zeros_like(delta) if m is None else m
-    v = _zeros_like(delta) if v is None else v
-    m = {k: beta_1 * x + (1 - beta_1) * delta[k] for k, x in m.items()}
-    v = {k: x - (1.0 - beta_2) * (delta[k] ** 2) * np.sign(x - delta[k] ** 2) for k, x in v.items()}
-    new = {k: x + eta * m[k] / (np.sqrt(v[k]) + tau) for k, x in params.items()}
-    return new, m, v
-
-
-def adagrad_step(
-    params: NDArrays,
-    delta: NDArrays,
-    v: NDArrays | None,
-    *,
-    eta: float,
-    tau: float,
-) -> tuple[NDArrays, NDArrays]:
-    """Server Adagrad: accumulated squared pseudo-gradients, no momentum."""
-    v = _zeros_like(delta) if v is None else v
-    v = {k: x + delta[k] ** 2 for k, x in v.items()}
-    new = {k: x + eta * delta[k] / (np.sqrt(v[k]) + tau) for k, x in params.items()}
-    return new, v
-
-
-def _l2(x: np.ndarray) -> float:
-    return float(np.sqrt(np.sum(np.square(x, dtype=np.float64))))
-
-
-def lamb_step(
-    params: NDArrays,
-    delta: NDArrays,
-    m: NDArrays | None,
-    v: NDArrays | None,
-    *,
-    eta: float,
-    beta_1: float,
-    beta_2: float,
-    eps: float,
-    step: int,
-    weight_decay: float = 0.0,
-) -> tuple[NDArrays, NDArrays, NDArrays, dict[str, float]]:
-    """Server LAMB: bias-corrected Adam direction rescaled per tensor by a trust ratio.
-
-    For each tensor: ``r = m_hat / (sqrt(v_hat) + eps) - weight_decay * w`` and
-    ``w <- w + eta * (||w|| / ||r||) * r``. The ratio is 1 when either norm is 0 (a
-    zero-initialised adapter, or no movement). The per-tensor rescaling evens out the
-    very different update magnitudes of the layers of a deep speech encoder, which is
-    why private FL for ASR uses it as the server optimiser. ``step`` counts server
-    updates from 1. Returns ``(new_params, m, v, trust_ratios)``.
-    """
-    if step < 1:
-        raise ValueError(f"step starts at 1, got {step}")
-    m = _zeros_like(delta) if m is None else m
-    v = _zeros_like(delta) if v is None else v
-    m = {k: beta_1 * x + (1 - beta_1) * delta[k] for k, x in m.items()}
-    v = {k: beta_2 * x + (1 - beta_2) * (delta[k] ** 2) for k, x in v.items()}
-    c1 = 1 - beta_1**step
-    c2 = 1 - beta_2**step
-    new: NDArrays = {}
-    ratios: dict[str, float] = {}
-    for k, w in params.items():
-        r = (m[k] / c1) / (np.sqrt(v[k] / c2) + eps)
-        if weight_decay:
-            r = r - weight_decay * w
-        w_norm, r_norm = _l2(w), _l2(r)
-        ratio = w_norm / r_norm if w_norm > 0 and r_norm > 0 else 1.0
-        ratios[k] = ratio
-        new[k] = (w + eta * ratio * r).astype(w.dtype, copy=False)
-    return new, m, v, ratios
-
-
-# ------------------------------------------------------------------ RNG state
-def rng_state_to_array(gen: np.random.Generator) -> np.ndarray:
-    """Encode a PCG64 generator's state as 6 uint64 values (fits safetensors/JSON)."""
-    st = gen.bit_generator.state
-    if st["bit_generator"] != "PCG64":
-        raise TypeError(f"only PCG64 state is supported, got {st['bit_generator']}")
-    mask = (1 << 64) - 1
-    s, inc = int(st["state"]["state"]), int(st["state"]["inc"])
-    return np.array(
-        [s >> 64, s & mask, inc >> 64, inc & mask, st["has_uint32"], st["uinteger"]],
-        dtype=np.uint64,
-    )
-
-
-def rng_state_from_array(gen: np.random.Generator, arr: Any) -> None:
-    """Restore a state written by :func:`rng_state_to_array` into ``gen``."""
-    a = [int(x) for x in np.asarray(arr, dtype=np.uint64).ravel()]
-    if len(a) != 6:
-        raise ValueError(f"RNG state must have 6 values, got {len(a)}")
-    gen.bit_generator.state = {
-        "bit_generator": "PCG64",
-        "state": {"state": (a[0] << 64) | a[1], "inc": (a[2] << 64) | a[3]},
-        "has_uint32": a[4],
-        "uinteger": a[5],
-    }
-
-
-def make_rng(seed: int, stream: int) -> np.random.Generator:
-    """Independent, reproducible stream ``stream`` of run seed ``seed``."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), stream])))
-
-
-# ------------------------------------------------------------------- sampling
-class CohortSampler:
-    """Seeded choice of the training cohort among connected nodes.
-
-    Cohort size: ``num_nodes`` when set, else ``max(int(available * fraction),
-    min_nodes)``. Nodes are put in a canonical order before drawing -- by partition id
-    when :meth:`set_node_partitions` was given the map (simulation node ids are random
-    per run, partition ids are not), else by node id -- so the same seed draws the same
-    clients in every run and after a resume (the generator state is checkpointed).
-    """
-
-    def __init__(
-        self,
-        seed: int,
-        fraction: float = 1.0,
-        num_nodes: int | None = None,
-        min_nodes: int = 2,
-        min_available_nodes: int = 2,
-        wait_timeout_s: float = 600.0,
-    ) -> None:
-        if num_nodes is None and not 0.0 < float(fraction) <= 1.0:
-            raise ValueError(f"fraction_train must be in (0, 1], got {fraction}")
-        if num_nodes is not None and int(num_nodes) < 1:
-            raise ValueError(f"num_train_nodes must be >= 1, got {num_nodes}")
-        if int(min_nodes) < 1:
-            raise ValueError(f"min_train_nodes must be >= 1, got {min_nodes}")
-        self.fraction = float(fraction)
-        self.num_nodes = None if num_nodes is None else int(num_nodes)
-        self.min_nodes = int(min_nodes)
-        self.min_available_nodes = int(min_available_nodes)
-        self.wait_timeout_s = float(wait_timeout_s)
-        self.rng = make_rng(seed, 1)
-        self.node_partitions: dict[int, int] = {}
-
-    def cohort_size(self, num_available: int) -> int:
-        """Cohort size for ``num_available`` connected nodes."""
-        if self.num_nodes is not None:
-            return self.num_nodes
-        return max(int(num_available * self.fraction), self.min_nodes)
-
-    def set_node_partitions(self, mapping: Mapping[int, int]) -> None:
-        """Give the node-id -> partition-id map that defines the canonical order."""
-        self.node_partitions = {int(k): int(v) for k, v in mapping.items()}
-
-    def _order(self, node_ids: Iterable[int]) -> list[int]:
-        def key(nid: int) -> tuple[int, int]:
-            pid = self.node_partitions.get(nid)
-            return (0, pid) if pid is not None else (1, nid)
-
-        return sorted(node_ids, key=key)
-
-    def sample(self, grid: Grid) -> tuple[list[int], list[int]]:
-        """Wait for enough nodes, then draw the cohort. Returns (sampled, connected)."""
-        start = time.monotonic()
-        while True:
-            nodes = list(grid.get_node_ids())
-            size = self.cohort_size(len(nodes))
-            need = max(size, self.min_available_nodes)
-            if len(nodes) >= need:
-                break
-            waited = time.monotonic() - start
-            if waited > self.wait_timeout_s:
-                raise RuntimeError(
-                    f"only {len(nodes)} nodes connected after {waited:.0f}s, the cohort "
-                    f"needs {need}; lower num_train_nodes/min_train_nodes or start more "
-                    "nodes"
-                )
-            log(INFO, "Waiting for nodes: %d connected, %d needed", len(nodes), need)
-            time.sleep(1.0)
-        ordered = self._order(nodes)
-        idx = self.rng.choice(len(ordered), size=size, replace=False)
-        return [ordered[i] for i in sorted(idx)], nodes
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from .base import EXCLUDED_COLUMNS, Assignment, Partitioner, PartitionError, natural_key
 from .natural import GroupedSpeakersPartitioner, SpeakerPartitioner
 from .output import client_rows, read_partition, write_partition
-from .synthetic import DirichletPartitioner, IidPartitioner, SizeSkewPartitioner
+from .skewed import DirichletPartitioner, IidPartitioner, SizeSkewPartitioner
 from .tedlium_paper import (PAPER_EVAL_SETS, TedliumPaperPartitioner, map_statistics, paper_eval_ids,
                             paper_eval_sets, read_paper_map)
 

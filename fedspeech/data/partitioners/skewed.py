@@ -1,4 +1,4 @@
-"""Synthetic clients drawn from a seeded shuffle: IID, Dirichlet skew over an attribute, power-law sizes.
+"""Non-natural clients from a seeded shuffle: IID, Dirichlet skew over an attribute, power-law sizes.
 
 flwr-datasets has IID and Dirichlet partitioners, but they work on Hugging Face `datasets`
 tables (its IID shards contiguously and leaves shuffling to the caller, its Dirichlet cuts each
