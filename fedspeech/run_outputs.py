@@ -129,7 +129,8 @@ class RunRecorder:
             if "wer_unseen" in metrics:
                 extra = f" (seen {metrics.get('wer_seen', float('nan')):.3f} / unseen {metrics['wer_unseen']:.3f})"
             eps = f", eps {record['epsilon']:.2f}" if "epsilon" in record else ""
-            print(f"[round {rnd}/{self.cfg.num_rounds}] {len(replies)}/{sampled} clients replied, "
+            who = f"{len(replies)}/{sampled} clients replied" if sampled else "pooled data"
+            print(f"[round {rnd}/{self.cfg.num_rounds}] {who}, "
                   f"{seconds:.0f} s audio, train loss {record['train_loss']:.3f}, "
                   + (f"WER {wer:.3f} CER {metrics['cer']:.3f}{extra}" if wer is not None else "no eval")
                   + f"{eps}, {wall_s:.1f} s", flush=True)

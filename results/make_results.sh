@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-outputs/results}
 export RAY_USAGE_STATS_ENABLED=0 FLWR_TELEMETRY_ENABLED=0
 py=.venv/bin/python
-$py -m fedspeech.main --multirun strategy=fedavg,fedadam hydra.sweep.dir=$RUNS/fl hydra.sweep.subdir='${strategy.name}'
-$py -m fedspeech.main federated=false hydra.run.dir=$RUNS/central
+$py -m fedspeech.main --multirun num_rounds=30 strategy=fedavg,fedadam hydra.sweep.dir=$RUNS/fl hydra.sweep.subdir='${strategy.name}'
+$py -m fedspeech.main num_rounds=30 federated=false hydra.run.dir=$RUNS/central
 $py -m fedspeech.analysis.sweep $RUNS/fl
 $py -m fedspeech.analysis $RUNS/fl/fedavg --baseline $RUNS/central | tee results/summary_fedavg.txt
 $py -m fedspeech.analysis $RUNS/fl/fedadam --baseline $RUNS/central | tee results/summary_fedadam.txt

@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
+from fedspeech import LAUNCH_TIME
 from fedspeech.experiment_data import load_experiment_data
 from fedspeech.federation.checkpoint import (Checkpoint, find_checkpoint, load_checkpoint,
                                              save_checkpoint)
@@ -61,10 +62,6 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid) -> RunRecorder:
     population = data.num_clients
     strategy = build_strategy(cfg.strategy, population=population, seed=int(cfg.seed))
     recorder = RunRecorder(cfg, run_dir, data)
-    timeout = float(cfg.strategy.round_timeout)
-    partition_of = node_partitions(grid, population, timeout)
-    strategy.set_node_partitions(partition_of)
-
     arrays = to_record(model)
     start_round = 1
     ckpt_path = find_checkpoint(cfg.resume, run_dir)
@@ -75,10 +72,16 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid) -> RunRecorder:
         recorder.load_state(ckpt.state)
         start_round = ckpt.round + 1
         print(f"resuming from {ckpt_path} (round {ckpt.round} done)", flush=True)
-    elif recorder.wants_round0():
+    elif recorder.wants_round0():       # evaluated while the Ray workers are still starting
         load_record(model, arrays)
         metrics, _ = evaluator()
         recorder.add_round0(metrics)
+
+    timeout = float(cfg.strategy.round_timeout)
+    partition_of = node_partitions(grid, population, timeout)
+    strategy.set_node_partitions(partition_of)
+    if cfg.get("verbose", True):
+        print(f"{len(partition_of)} nodes ready, {time.time() - LAUNCH_TIME:.1f} s after launch", flush=True)
 
     for rnd in range(start_round, int(cfg.num_rounds) + 1):
         t0 = time.perf_counter()
