@@ -284,9 +284,10 @@ def format_summary(s: dict[str, Any], speakers: pd.DataFrame | None = None) -> s
                      + (f", {s['speakers_nan_wer']} without a WER" if s["speakers_nan_wer"] else "") + ")"))
         rows.append(("mean speaker WER seen / unseen",
                      f"{pct(s['mean_wer_seen'])} / {pct(s['mean_wer_unseen'])}"))
+        rho = (s["spearman_wer_rounds_seen"], s["spearman_wer_rounds_all"])
+        note = " (n/a: constant or < 3 speakers)" if any(r != r for r in rho) else ""
         rows.append(("Spearman(WER, rounds) seen / all",
-                     f"{_num(s['spearman_wer_rounds_seen'], '+.3f')} / {_num(s['spearman_wer_rounds_all'], '+.3f')}"
-                     " (n/a: constant or < 3 speakers)"))
+                     f"{_num(rho[0], '+.3f')} / {_num(rho[1], '+.3f')}{note}"))
     else:
         rows.append(("speakers", "no speakers.csv (no evaluation finished)"))
     width = max(len(k) for k, _ in rows)
