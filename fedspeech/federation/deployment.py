@@ -1,13 +1,17 @@
 """The same ServerApp/ClientApp for Flower's Deployment Engine (`flwr run` against a SuperLink).
 
-Under `flwr run` the apps are imported by module path, so the experiment config cannot be handed
-over in memory as in simulation: it is read from a composed fedspeech config file named in the
-run config, e.g.
+Under `flwr run` the apps are imported by module path from the installed app bundle (FAB), so
+the experiment config cannot be handed over in memory as in simulation: it is read from a
+composed fedspeech config file named in the run config, e.g.
 
-    python -m fedspeech.main --cfg job --resolve <overrides> > experiment.yaml
-    flwr run . <federation> --run-config 'fedspeech-config="/abs/experiment.yaml" run-dir="/abs/run"'
+    python -m fedspeech.main --cfg job --resolve <overrides> > /abs/experiment.yaml
+    flwr run . <superlink-connection> \
+        --run-config 'fedspeech-config="/abs/experiment.yaml" run-dir="/abs/run"' --stream
 
-Each SuperNode is started with its partition: `flower-supernode ... --node-config "partition-id=3"`.
+The config must be composed with `--resolve`: unresolved, `paths.*` would point into the
+bundle's install directory. The file, and the data it names, must exist at the same path on the
+SuperLink's machine and on every SuperNode's. Each SuperNode holds one partition:
+`flower-supernode ... --node-config "partition-id=3 num-partitions=12"`.
 """
 
 from __future__ import annotations
@@ -20,23 +24,51 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
+from fedspeech.config import validate_config
 from fedspeech.federation.client_app import client_identity, client_train
 from fedspeech.federation.server_app import run_federated
 
+CONFIG_KEY = "fedspeech-config"
+RUN_DIR_KEY = "run-dir"
+PARTITION_KEY = "partition-id"
+
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str) -> DictConfig:
+def load_config(path: str) -> DictConfig:
+    """The composed experiment config named in the run config (read once per process)."""
     if not path:
-        raise ValueError("run config 'fedspeech-config' is empty: pass the path of a composed "
+        raise ValueError(f"run config '{CONFIG_KEY}' is empty: pass the absolute path of a composed "
                          "fedspeech config (python -m fedspeech.main --cfg job --resolve ... > file)")
     file = Path(path)
+    if not file.is_absolute():
+        raise ValueError(f"{CONFIG_KEY}={path!r} must be an absolute path: the apps run in "
+                         "processes started by the SuperLink and SuperNodes, not in your shell")
     if not file.is_file():
-        raise FileNotFoundError(f"fedspeech-config {file} does not exist on this machine")
-    return OmegaConf.load(file)
+        raise FileNotFoundError(f"{CONFIG_KEY} {file} does not exist on this machine")
+    text = file.read_text()
+    if "${project_root:" in text:
+        raise ValueError(f"{file} holds unresolved interpolations: compose it with "
+                         "`python -m fedspeech.main --cfg job --resolve ...`")
+    return OmegaConf.create(text)
 
 
 def config_from_context(context: Context) -> DictConfig:
-    return _load(str(context.run_config.get("fedspeech-config", "")))
+    return load_config(str(context.run_config.get(CONFIG_KEY, "")))
+
+
+def run_dir_from_context(cfg: DictConfig, context: Context) -> Path:
+    """`run-dir` from the run config; relative to the project the config was composed in."""
+    value = str(context.run_config.get(RUN_DIR_KEY, "") or "")
+    run_dir = Path(value) if value else Path("outputs") / "deployment" / f"run-{context.run_id}"
+    if not run_dir.is_absolute():
+        run_dir = Path(str(cfg.paths.project)) / run_dir
+    return run_dir
+
+
+def _require_partition(context: Context) -> None:
+    if PARTITION_KEY not in context.node_config:
+        raise ValueError(f"this SuperNode has no '{PARTITION_KEY}' in its node config: start it with "
+                         f"--node-config \"{PARTITION_KEY}=<i> num-partitions=<n>\"")
 
 
 client_app = ClientApp()
@@ -44,11 +76,13 @@ client_app = ClientApp()
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
+    _require_partition(context)
     return client_train(config_from_context(context), msg, context)
 
 
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
+    _require_partition(context)
     return client_identity(msg, context)
 
 
@@ -58,7 +92,10 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_context(context)
-    run_dir = Path(str(context.run_config.get("run-dir", "") or "outputs/deployment"))
+    validate_config(cfg)
+    run_dir = run_dir_from_context(cfg, context)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    print(f"deployment run {context.run_id}: {cfg.num_rounds} rounds, strategy {cfg.strategy.name}, "
+          f"model {cfg.model.name} -> {run_dir}", flush=True)
     run_federated(cfg, run_dir, grid)
