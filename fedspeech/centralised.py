@@ -63,6 +63,9 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
         t0 = time.perf_counter()
         rng = np.random.default_rng(int(cfg.seed) * 7919 + rnd)
         rows = pooled.iloc[np.sort(rng.choice(len(pooled), per_round, replace=False))]
+        # participation, as for clients: a speaker's client takes part when its audio is drawn
+        for client in sorted(set(data.clients.loc[data.clients["id"].isin(set(rows["id"])), "client"])):
+            recorder.client_rounds[int(client)].append(rnd)
         torch.manual_seed(int(cfg.seed) * 1_000_003 + rnd)
         loader = UtteranceLoader(rows, data.audio_cache, cfg.train.batch_seconds, shuffle=True,
                                  seed=int(cfg.seed) + rnd, max_utterances=cfg.train.max_batch_utterances)
