@@ -25,6 +25,13 @@ SEEN_STYLE = {"color": "tab:blue", "marker": "o", "label": "seen in training"}
 UNSEEN_STYLE = {"color": "tab:orange", "marker": "x", "label": "unseen (no training audio)"}
 
 
+def _tidy(ax: Any, integer_axis: str) -> None:
+    """The look every plot shares: integer ticks on one axis, a light grid, a small legend."""
+    getattr(ax, f"{integer_axis}axis").set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write through a temp file and rename, so a reader never sees half a PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,9 +83,7 @@ def plot_wer(run: RunFiles, out: Path, baseline: tuple[float, str] | None = None
     ax.set_title(f"{_run_title(run)}\nglobal model on the {split or 'evaluation'} split", fontsize=10)
     ax.set_xlabel("round (0 = initial model)")
     ax.set_ylabel("error rate (%)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _tidy(ax, integer_axis="x")
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -107,9 +112,7 @@ def plot_speakers(speakers: pd.DataFrame, out: Path, title: str = "") -> Path | 
                  + (f" ({dropped} speakers without a WER left out)" if dropped else ""), fontsize=10)
     ax.set_xlabel("rounds the speaker's client trained in")
     ax.set_ylabel("speaker WER (%)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _tidy(ax, integer_axis="x")
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -133,9 +136,7 @@ def plot_speakers_hist(speakers: pd.DataFrame, out: Path, title: str = "") -> Pa
     ax.set_title((f"{title}\n" if title else "") + "distribution of per-speaker WER", fontsize=10)
     ax.set_xlabel("speaker WER (%)")
     ax.set_ylabel("number of speakers")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _tidy(ax, integer_axis="y")
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -199,9 +200,7 @@ def plot_epsilon(run: RunFiles, out: Path) -> Path | None:
     ax.set_title(f"user-level DP: delta {delta}, noise multiplier {z}", fontsize=10)
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon (cumulative, dimensionless)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _tidy(ax, integer_axis="x")
     by_round = {h["round"]: h for h in run.history}
     pairs = [(e, by_round[r].get("wer")) for r, e in zip(rounds, eps) if by_round[r].get("wer") is not None]
     if pairs:

@@ -10,6 +10,8 @@ from typing import Sequence
 import soundfile as sf
 from tqdm import tqdm
 
+from fedspeech.data.manifest import CorpusRows, Rejection
+
 TAIL_SECONDS = 0.1
 VERIFY_MODES = ("header", "tail", "decode")
 
@@ -87,3 +89,15 @@ def probe_many(paths: Sequence[str | Path], verify: str = "tail", num_workers: i
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         return list(tqdm(pool.map(one, paths), total=len(paths), desc=desc, unit="file",
                          disable=len(paths) < 1000))
+
+
+def rows_with_durations(pending: list[dict], rejected: list[Rejection], verify: str, num_workers: int,
+                        desc: str) -> CorpusRows:
+    """Probe every pending row's audio: readable rows get `duration`, the others a Rejection."""
+    rows = []
+    for row, info in zip(pending, probe_many([r["audio"] for r in pending], verify, num_workers, desc)):
+        if isinstance(info, AudioInfo):
+            rows.append({**row, "duration": info.duration})
+        else:
+            rejected.append(Rejection(row["id"], row["audio"], info))
+    return CorpusRows(rows=rows, rejected=rejected)

@@ -12,7 +12,7 @@ import csv
 import urllib.parse
 from pathlib import Path
 
-from fedspeech.data.corpora.common import AudioInfo, CorpusLayoutError, probe_many
+from fedspeech.data.corpora.common import CorpusLayoutError, rows_with_durations
 from fedspeech.data.download import (DownloadError, download_file, extract, extraction_marker,
                                      verify_file)
 from fedspeech.data.manifest import CorpusRows, Rejection
@@ -105,14 +105,7 @@ def read_corpus(root: str | Path, locale: str = "en", splits: dict[str, str] | N
                             "age": (row.get("age") or "").strip(), "accent": accent.strip(),
                             "language": (row.get("locale") or locale).strip() or locale})
 
-    infos = probe_many([r["audio"] for r in pending], verify, num_workers, "Common Voice clips")
-    rows = []
-    for row, info in zip(pending, infos):
-        if isinstance(info, AudioInfo):
-            rows.append({**row, "duration": info.duration})
-        else:
-            rejected.append(Rejection(row["id"], row["audio"], info))
-    return CorpusRows(rows=rows, rejected=rejected)
+    return rows_with_durations(pending, rejected, verify, num_workers, "Common Voice clips")
 
 
 def download(root: str | Path, archive: str | None = None, md5: str | None = None,

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from fedspeech.data.corpora.common import (AudioInfo, CorpusLayoutError, probe_many,
+from fedspeech.data.corpora.common import (CorpusLayoutError, rows_with_durations,
                                            require_dir)
 from fedspeech.data.download import Archive, fetch_and_extract
 from fedspeech.data.manifest import CorpusRows, Rejection
@@ -138,14 +138,7 @@ def read_corpus(root: str | Path, subsets: list[str] | None = None, verify: str 
                                 "speaker": speaker, "text": text, "split": split,
                                 "gender": genders.get(speaker, ""), "chapter": chapter})
 
-    infos = probe_many([r["audio"] for r in pending], verify, num_workers, "LibriSpeech audio")
-    rows = []
-    for row, info in zip(pending, infos):
-        if isinstance(info, AudioInfo):
-            rows.append({**row, "duration": info.duration})
-        else:
-            rejected.append(Rejection(row["id"], row["audio"], info))
-    return CorpusRows(rows=rows, rejected=rejected)
+    return rows_with_durations(pending, rejected, verify, num_workers, "LibriSpeech audio")
 
 
 def download(root: str | Path, subsets: list[str], keep_archives: bool = True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedspeech.data.corpora.common import AudioInfo, CorpusLayoutError, probe_many
+from fedspeech.data.corpora.common import CorpusLayoutError, rows_with_durations
 from fedspeech.data.download import Archive, fetch_and_extract
 from fedspeech.data.manifest import CorpusRows, Rejection
 from fedspeech.data.text import normalize_text
@@ -130,14 +130,7 @@ def read_corpus(root: str | Path, languages: list[str] | None = None, opus: bool
     pending: list[dict] = []
     for language, folder in _language_dirs(root, languages, opus).items():
         pending.extend(_read_language(language, folder, rejected))
-    infos = probe_many([r["audio"] for r in pending], verify, num_workers, "MLS audio")
-    rows = []
-    for row, info in zip(pending, infos):
-        if isinstance(info, AudioInfo):
-            rows.append({**row, "duration": info.duration})
-        else:
-            rejected.append(Rejection(row["id"], row["audio"], info))
-    return CorpusRows(rows=rows, rejected=rejected)
+    return rows_with_durations(pending, rejected, verify, num_workers, "MLS audio")
 
 
 def download(root: str | Path, languages: list[str], opus: bool = True, keep_archives: bool = True,
