@@ -20,7 +20,7 @@ from fedspeech.models.factory import cached_model
 from fedspeech.training import train_local
 
 
-def worker_device(cfg: DictConfig) -> torch.device:
+def worker_device() -> torch.device:
     """GPU when Ray granted this actor one (CUDA_VISIBLE_DEVICES is set per actor), else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -39,7 +39,7 @@ def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
     client = int(context.node_config["partition-id"])
     conf = msg.content["config"]
     server_round = int(conf.get("server-round", 0))
-    device = worker_device(cfg)
+    device = worker_device()
     model = cached_model(cfg.model, data.tokenizer, cfg.seed).to(device)
     load_record(model, msg.content["arrays"])
     seed = int(cfg.seed) * 1_000_003 + server_round * 10_007 + client

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,7 +32,6 @@ def cached_model(model_cfg: DictConfig, tokenizer: CharTokenizer, seed: int) -> 
     key = json.dumps([OmegaConf.to_container(model_cfg, resolve=True), tokenizer.symbols, seed],
                      sort_keys=True, default=str)
     if key not in _CACHE:
-        import torch
         torch.manual_seed(seed)
         _CACHE.clear()      # one model per worker: a new configuration replaces the old one
         _CACHE[key] = build_model(model_cfg, tokenizer)
