@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from fedspeech.data.batching import UtteranceLoader
 from fedspeech.experiment_data import load_experiment_data
-from fedspeech.federation.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from fedspeech.federation.checkpoint import Checkpoint, resume_checkpoint, save_checkpoint
 from fedspeech.federation.evaluation import CentralEvaluator
 from fedspeech.federation.parameters import trainable_state
 from fedspeech.models.factory import build_model
@@ -49,9 +49,9 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
           f"(share {share:.3f} of the data, as a federated round), {cfg.num_rounds} rounds", flush=True)
 
     start = 1
-    ckpt_path = find_checkpoint(cfg.resume, run_dir)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+    resumed = resume_checkpoint(cfg.resume, run_dir)
+    if resumed is not None:
+        _, ckpt = resumed
         model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.arrays.items()}, strict=False)
         recorder.load_state(ckpt.state)
         start = ckpt.round + 1
@@ -64,8 +64,7 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
         rng = np.random.default_rng(int(cfg.seed) * 7919 + rnd)
         rows = pooled.iloc[np.sort(rng.choice(len(pooled), per_round, replace=False))]
         # participation, as for clients: a speaker's client takes part when its audio is drawn
-        for client in sorted(set(data.clients.loc[data.clients["id"].isin(set(rows["id"])), "client"])):
-            recorder.client_rounds[int(client)].append(rnd)
+        drawn = sorted(set(data.clients.loc[data.clients["id"].isin(set(rows["id"])), "client"]))
         torch.manual_seed(int(cfg.seed) * 1_000_003 + rnd)
         loader = UtteranceLoader(rows, data.audio_cache, cfg.train.batch_seconds, shuffle=True,
                                  seed=int(cfg.seed) + rnd, max_utterances=cfg.train.max_batch_utterances)
@@ -76,10 +75,10 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
                             precision=str(cfg.train.precision))
         t_train = time.perf_counter() - t0
         metrics, records = evaluator()
-        recorder.add_round(rnd, metrics=metrics, sampled=0, replies=[], failures=0, bytes_up=0,
-                           bytes_down=0, aggregated={"train-loss": stats.loss}, lr=float(cfg.train.lr),
-                           train_wall_s=t_train, wall_s=time.perf_counter() - t0, records=records,
-                           train_seconds=stats.num_seconds)
+        recorder.add_pooled_round(rnd, metrics=metrics, train_loss=stats.loss,
+                                  train_seconds=stats.num_seconds, participants=drawn,
+                                  lr=float(cfg.train.lr), train_wall_s=t_train,
+                                  wall_s=time.perf_counter() - t0, records=records)
         save_checkpoint(run_dir / "checkpoints", Checkpoint(
             round=rnd, arrays={k: v.numpy() for k, v in trainable_state(model).items()},
             server_state={}, state=recorder.state()), keep=cfg.keep_checkpoints)

@@ -19,6 +19,7 @@ class TrainStats:
     num_examples: int
     num_seconds: float          # audio seconds trained on (all epochs)
     compute_s: float
+    skipped_utterances: int = 0  # utterances of the client that could not be decoded
 
 
 @dataclass
@@ -84,7 +85,8 @@ def train_local(model: SpeechModel, loader: UtteranceLoader, device: torch.devic
         if done:
             break
     return TrainStats(loss=loss_sum / max(micro, 1), steps=steps, num_examples=examples,
-                      num_seconds=seconds, compute_s=time.perf_counter() - t0)
+                      num_seconds=seconds, compute_s=time.perf_counter() - t0,
+                      skipped_utterances=len(loader.skipped))
 
 
 @torch.no_grad()

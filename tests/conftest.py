@@ -46,14 +46,3 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def read_history(run_dir: Path) -> list[dict]:
     return json.loads((run_dir / "history.json").read_text())
-
-
-@pytest.fixture
-def server_identity(monkeypatch):
-    """Messages take run and node ids from the process identity a ServerApp has."""
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)

@@ -11,7 +11,6 @@ from conftest import run_module
 from fedspeech import CONFIG_DIR
 from fedspeech.data.batching import duration_batches
 from fedspeech.data.text import CharTokenizer, normalize_text
-from fedspeech.federation.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
 from fedspeech.models.factory import build_model
 
 
@@ -38,22 +37,6 @@ def test_duration_batches_respect_padded_budget_and_keep_everything():
     assert real / padded > 0.8                  # bucketing keeps padding low
     assert batches != duration_batches(durations, 20.0, shuffle=True, seed=2)
     assert batches == duration_batches(durations, 20.0, shuffle=True, seed=1)
-
-
-def test_checkpoint_round_trip_and_latest(tmp_path):
-    folder = tmp_path / "checkpoints"
-    for r in (1, 2, 3):
-        save_checkpoint(folder, Checkpoint(round=r, arrays={"w": np.full(3, r, np.float32)},
-                                           server_state={"m": np.ones(2), "step": r},
-                                           state={"history": [{"round": r}]}), keep=2)
-    assert sorted(p.name for p in folder.iterdir()) == ["round_0002", "round_0003"]
-    latest = find_checkpoint(True, tmp_path)
-    ckpt = load_checkpoint(latest)
-    assert ckpt.round == 3 and ckpt.arrays["w"].tolist() == [3, 3, 3]
-    assert ckpt.server_state["step"] == 3 and ckpt.server_state["m"].tolist() == [1, 1]
-    assert find_checkpoint(str(tmp_path), tmp_path / "elsewhere") == latest
-    with pytest.raises(FileNotFoundError):
-        find_checkpoint(str(tmp_path / "nothing"), tmp_path)
 
 
 def test_model_overrides_reach_the_model():

@@ -1,4 +1,6 @@
-"""Kill a federated run mid-way (a real process kill) and resume it: same history as unbroken."""
+"""Kill a federated run mid-way (a real process kill), damage its newest checkpoint, and resume
+it: the damaged checkpoint is named, the previous one is used, and the history equals an
+unbroken run's."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from conftest import REPO, TINY_CORPUS, TINY_RUN, read_history, run_module
 
@@ -19,6 +23,7 @@ def _comparable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_history(tiny_data, tmp_path):
     reference = tmp_path / "reference"
     run_module("fedspeech.main", f"paths.data={tiny_data}", *RUN, f"hydra.run.dir={reference}")
@@ -36,8 +41,12 @@ def test_killed_run_resumes_to_the_same_history(tiny_data, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)       # the driver, Ray and its workers, at once
     proc.wait()
     assert len(read_history(broken)) < 4      # round 3 never finished
+    newest = sorted((broken / "checkpoints").glob("round_*"))[-1]
+    tensors = newest / "arrays.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])          # a truncated write
 
     proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *RUN, f"hydra.run.dir={broken}",
                       "resume=true")
-    assert "resuming from" in proc.stdout
+    assert f"{tensors}: checksum mismatch" in proc.stdout
+    assert "falling back to" in proc.stdout and "resuming from" in proc.stdout
     assert _comparable(read_history(broken)) == _comparable(read_history(reference))

@@ -7,6 +7,7 @@ still a different batch order every epoch.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -15,7 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedspeech.data.audio import SAMPLE_RATE, AudioCache
+from fedspeech.data.audio import SAMPLE_RATE, AudioCache, AudioError
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTE_COLUMNS = ("gender", "age", "accent", "emotion", "language")
 
@@ -94,6 +97,8 @@ class UtteranceLoader:
         self.seed = seed
         self.max_utterances = max_utterances
         self.epoch = 0
+        #: utterances that could not be decoded: id -> reason (skipped, never silently)
+        self.skipped: dict[str, str] = {}
         self.attribute_columns = [c for c in ATTRIBUTE_COLUMNS if c in self.rows.columns]
 
     @property
@@ -122,14 +127,33 @@ class UtteranceLoader:
         plan = self.plan()
         self.epoch += 1
         for idx in plan:
-            yield self._make_batch(idx)
+            batch = self._make_batch(idx)
+            if batch is not None:
+                yield batch
+        if len(self.skipped) == len(self.rows):
+            raise AudioError(f"none of the {len(self.rows)} utterances could be decoded, e.g. "
+                             f"{next(iter(self.skipped.values()))}")
 
-    def _make_batch(self, idx: list[int]) -> Batch:
+    def _decode(self, row) -> np.ndarray | None:  # noqa: ANN001 (a pandas row tuple)
+        if row.id in self.skipped:
+            return None
+        end = row.end if isinstance(row.end, float) and not math.isnan(row.end) else None
+        try:
+            return self.cache.get(row.audio, float(row.start or 0.0), end)
+        except AudioError as err:
+            self.skipped[row.id] = str(err)
+            log.warning("skipping utterance %s: %s", row.id, err)
+            return None
+
+    def _make_batch(self, idx: list[int]) -> Batch | None:
+        """The padded batch of the decodable utterances among `idx` (None if there is none)."""
         sub = self.rows.iloc[idx]
-        waves = []
-        for r in sub.itertuples(index=False):
-            end = r.end if isinstance(r.end, float) and not math.isnan(r.end) else None
-            waves.append(self.cache.get(r.audio, float(r.start or 0.0), end))
+        decoded = [self._decode(r) for r in sub.itertuples(index=False)]
+        keep = [i for i, w in enumerate(decoded) if w is not None]
+        if not keep:
+            return None
+        sub = sub.iloc[keep]
+        waves = [decoded[i] for i in keep]
         lens = torch.tensor([len(w) for w in waves], dtype=torch.long)
         audio = torch.zeros(len(waves), int(lens.max()))
         for i, w in enumerate(waves):

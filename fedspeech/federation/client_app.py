@@ -1,7 +1,8 @@
 """The ClientApp: a speaker's (or a group's) local training on its own utterances.
 
 The model is built once per worker process (`cached_model`) and receives each client's global
-weights; only trainable tensors come back.
+weights; only trainable tensors come back. What the client trains on and how is the task's
+(`fedspeech.tasks`); injected faults (`faults` config group) act here, in the real client path.
 """
 
 from __future__ import annotations
@@ -9,15 +10,19 @@ from __future__ import annotations
 import time
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
-from fedspeech.data.batching import UtteranceLoader
 from fedspeech.experiment_data import load_experiment_data
+from fedspeech.federation.faults import FaultPlan, InjectedFault, poison_with_nan
+from fedspeech.federation.nodes import IDENTITY_QUERY
 from fedspeech.federation.parameters import load_record, to_record
 from fedspeech.models.factory import cached_model
-from fedspeech.training import train_local
+from fedspeech.tasks import build_task
+
+#: records of a train message besides the global arrays and the config (e.g. k-means centroids)
+_STANDARD_KEYS = ("arrays", "config")
 
 
 def worker_device() -> torch.device:
@@ -31,46 +36,75 @@ def set_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(threads))
 
 
+def fault_plan(cfg: DictConfig) -> FaultPlan:
+    faults = cfg.get("faults") or {}
+    return FaultPlan(seed=int(cfg.seed), crash_prob=float(faults.get("crash_prob", 0.0)),
+                     nan_prob=float(faults.get("nan_prob", 0.0)),
+                     delay_prob=float(faults.get("delay_prob", 0.0)),
+                     delay_s=float(faults.get("delay_s", 0.0)))
+
+
+def client_seed(cfg: DictConfig, server_round: int, partition_id: int) -> int:
+    """The seed of one client's round: the same in every run (and resumption) of this config."""
+    return int(cfg.seed) * 1_000_003 + server_round * 10_007 + partition_id
+
+
 def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
     """Train the received global model on this client's partition for one round."""
     t0 = time.perf_counter()
     set_threads(cfg)
-    data = load_experiment_data(cfg)
     client = int(context.node_config["partition-id"])
     conf = msg.content["config"]
     server_round = int(conf.get("server-round", 0))
+    faults = fault_plan(cfg).draw(server_round, client)
+    if faults.delay_s:
+        time.sleep(faults.delay_s)
+    if faults.crash:
+        raise InjectedFault(f"injected crash of partition {client} in round {server_round}")
+    data = load_experiment_data(cfg)
+    task = build_task(cfg)
     device = worker_device()
     model = cached_model(cfg.model, data.tokenizer, cfg.seed).to(device)
     load_record(model, msg.content["arrays"])
-    seed = int(cfg.seed) * 1_000_003 + server_round * 10_007 + client
-    torch.manual_seed(seed)
-    loader = UtteranceLoader(data.client_rows(client), data.audio_cache, cfg.train.batch_seconds,
-                             shuffle=True, seed=seed, max_utterances=cfg.train.max_batch_utterances)
-    train_cfg = cfg.train
-    result = train_local(
-        model, loader, device,
-        lr=float(conf.get("lr", train_cfg.lr)),
-        weight_decay=float(train_cfg.weight_decay),
-        epochs=int(conf.get("local-epochs", train_cfg.local_epochs)),
-        max_steps=train_cfg.max_steps,
-        grad_clip=train_cfg.grad_clip,
-        grad_accum=int(train_cfg.grad_accum),
-        precision=str(train_cfg.precision),
-        proximal_mu=float(conf.get("proximal-mu", 0.0)),
-    )
+    extras = RecordDict({k: v for k, v in msg.content.items() if k not in _STANDARD_KEYS})
+    seed = client_seed(cfg, server_round, client)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)       # dropout and augmentation of this round, not the process's
+        result = task.train(cfg, model, task.client_rows(data, client), data, device,
+                            ConfigRecord(dict(conf)), extras, seed)
     metrics = MetricRecord({
         "num-examples": result.num_examples, "num-seconds": result.num_seconds,
         "train-loss": result.loss, "train-steps": result.steps, "partition-id": client,
+        "skipped-utterances": result.skipped_utterances,
         "client-compute-s": result.compute_s, "client-total-s": time.perf_counter() - t0,
     })
-    reply: ArrayRecord = to_record(model)
-    return Message(content=RecordDict({"arrays": reply, "metrics": metrics}), reply_to=msg)
+    if device.type == "cuda":
+        metrics["gpu-peak-mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    arrays = to_record(model)
+    if faults.nan:
+        arrays = poison_with_nan(arrays)
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
-def client_identity(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds (node ids are random per run)."""
-    metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
+def client_identity(cfg: DictConfig, msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds and how much training data it has."""
+    client = int(context.node_config["partition-id"])
+    data = load_experiment_data(cfg)
+    rows = build_task(cfg).client_rows(data, client)
+    metrics = MetricRecord({"partition-id": client, "num-examples": len(rows),
+                            "num-seconds": float(rows["duration"].sum())})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def client_query(cfg: DictConfig, msg: Message, context: Context) -> Message:
+    """QUERY messages: the identity query, or one of the task's own."""
+    query = msg.content["config"].get("query") if "config" in msg.content else None
+    if query == IDENTITY_QUERY:
+        return client_identity(cfg, msg, context)
+    reply = build_task(cfg).answer(cfg, msg, context, load_experiment_data(cfg))
+    if reply is None:
+        raise ValueError(f"unknown query {query!r}")
+    return reply
 
 
 def make_client_app(cfg: DictConfig) -> ClientApp:
@@ -83,6 +117,6 @@ def make_client_app(cfg: DictConfig) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return client_identity(msg, context)
+        return client_query(cfg, msg, context)
 
     return app

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from fedspeech.config import validate_config
-from fedspeech.federation.client_app import client_identity, client_train
+from fedspeech.federation.client_app import client_query, client_train
 from fedspeech.federation.server_app import run_federated
 
 CONFIG_KEY = "fedspeech-config"
@@ -83,7 +83,7 @@ def train(msg: Message, context: Context) -> Message:
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
     _require_partition(context)
-    return client_identity(msg, context)
+    return client_query(config_from_context(context), msg, context)
 
 
 server_app = ServerApp()

@@ -1,21 +1,88 @@
-"""Parameter exchange: only trainable tensors travel, by name, as a Flower ArrayRecord."""
+"""Parameter exchange: only trainable tensors travel, by name, as a Flower ArrayRecord.
+
+Flower's `Array` holds a tensor as `.npy` bytes and `Array.numpy()` parses and copies them. A
+round of a large model moves every tensor several times, so both directions here read the
+bytes in place (`array_view`) and write each tensor with a single copy (`array_from_numpy`).
+"""
 
 from __future__ import annotations
 
+import io
+import warnings
+
+import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from fedspeech.models.base import SpeechModel
 
+NUMPY_STYPE = "numpy.ndarray"
+
 
 def trainable_state(model: SpeechModel) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of the exchanged tensors, in a stable (module) order."""
+    """The exchanged tensors on the CPU (no copy for a CPU model), in a stable (module) order."""
     names = set(model.trainable_names())
     return {n: p.detach().cpu() for n, p in model.named_parameters() if n in names}
 
 
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    out = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue()
+
+
+def array_from_numpy(values: np.ndarray) -> Array:
+    """An `Array` holding `values` as `.npy` bytes (what `Array(ndarray)` makes, one copy less)."""
+    values = np.ascontiguousarray(values)
+    header = _npy_header(values.dtype, values.shape)
+    data = bytearray(len(header) + values.nbytes)
+    data[: len(header)] = header
+    data[len(header):] = memoryview(values).cast("B")
+    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=NUMPY_STYPE,
+                 data=bytes(data))
+
+
+def array_view(array: Array) -> np.ndarray:
+    """A read-only NumPy view of an `Array`'s bytes: no parse of the whole buffer, no copy."""
+    if array.stype != NUMPY_STYPE:
+        raise TypeError(f"unsupported array serialisation {array.stype!r}")
+    stream = io.BytesIO(array.data)
+    version = np.lib.format.read_magic(stream)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(stream)
+    if fortran:
+        raise ValueError("Fortran-ordered arrays are not exchanged")
+    return np.frombuffer(array.data, dtype=dtype, count=int(np.prod(shape)),
+                         offset=stream.tell()).reshape(shape)
+
+
+def readonly_tensor(values: np.ndarray) -> torch.Tensor:
+    """A torch view of a (possibly read-only) NumPy array, to read from: never write to it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(values)
+
+
+def tensor_view(array: Array) -> torch.Tensor:
+    """A torch view of an `Array`'s bytes, to copy from (the bytes are immutable: never write)."""
+    return readonly_tensor(array_view(array))
+
+
 def to_record(model: SpeechModel) -> ArrayRecord:
-    return ArrayRecord(torch_state_dict=trainable_state(model))
+    """The model's exchanged tensors as an ArrayRecord (one copy per tensor)."""
+    return ArrayRecord({n: array_from_numpy(t.numpy()) for n, t in trainable_state(model).items()})
+
+
+def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Read-only views of every tensor of a record, by name."""
+    return {name: array_view(arr) for name, arr in record.items()}
+
+
+def numpy_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord from NumPy arrays."""
+    return ArrayRecord({k: array_from_numpy(v) for k, v in arrays.items()})
 
 
 def load_record(model: SpeechModel, record: ArrayRecord) -> None:
@@ -28,10 +95,10 @@ def load_record(model: SpeechModel, record: ArrayRecord) -> None:
                        f"missing {missing}, unexpected {extra}")
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, tensor in record.to_torch_state_dict().items():
-            params[name].copy_(tensor.to(params[name].dtype))
+        for name, arr in record.items():
+            params[name].copy_(tensor_view(arr))
 
 
 def record_nbytes(record: ArrayRecord) -> int:
-    """Bytes of tensor data in a record (what a round sends per client and direction)."""
+    """Bytes of a record's arrays as they travel (tensor data + one .npy header per tensor)."""
     return sum(len(arr.data) for arr in record.values())

@@ -49,6 +49,17 @@ def make_rng(seed: int, stream: int) -> np.random.Generator:
 
 
 # ------------------------------------------------------------------- sampling
+def cohort_size(num_available: int, fraction: float, num_nodes: int | None, min_nodes: int) -> int:
+    """Clients per round: `num_nodes` when set, else `max(int(available * fraction), min_nodes)`.
+
+    The one rule every part of fedspeech uses (sampling, DP accounting, the centralised
+    baseline's per-round budget).
+    """
+    if num_nodes is not None:
+        return int(num_nodes)
+    return max(int(num_available * float(fraction)), int(min_nodes))
+
+
 class CohortSampler:
     """Seeded choice of the training cohort among connected nodes.
 
@@ -74,6 +85,7 @@ class CohortSampler:
             raise ValueError(f"num_train_nodes must be >= 1, got {num_nodes}")
         if int(min_nodes) < 1:
             raise ValueError(f"min_train_nodes must be >= 1, got {min_nodes}")
+        self.seed = int(seed)
         self.fraction = float(fraction)
         self.num_nodes = None if num_nodes is None else int(num_nodes)
         self.min_nodes = int(min_nodes)
@@ -83,10 +95,8 @@ class CohortSampler:
         self.node_partitions: dict[int, int] = {}
 
     def cohort_size(self, num_available: int) -> int:
-        """Cohort size for ``num_available`` connected nodes."""
-        if self.num_nodes is not None:
-            return self.num_nodes
-        return max(int(num_available * self.fraction), self.min_nodes)
+        """Cohort size for ``num_available`` connected nodes (see `cohort_size`)."""
+        return cohort_size(num_available, self.fraction, self.num_nodes, self.min_nodes)
 
     def set_node_partitions(self, mapping: Mapping[int, int]) -> None:
         """Give the node-id -> partition-id map that defines the canonical order."""

@@ -1,123 +1,150 @@
-"""The ServerApp: sample, train, aggregate, evaluate centrally, record and checkpoint each round.
+"""The ServerApp: set up an experiment, then run the strategy's round loop with its recorders.
 
-The round loop is ours (Flower's `Strategy.start` cannot resume): it calls the strategy's hooks
-`configure_train` / `aggregate_train`, so any `flwr.serverapp.strategy` subclass plugs in.
+`run_federated` is the one server entry, used by the simulation and by the Deployment Engine
+(`federation/deployment.py`). Setup (`ServerExperiment.build`) and the loop are apart: the loop
+is the strategy's own `start(...)` (`federation/round_loop.py`); what this module adds are the
+callbacks that make a run directory out of it — central evaluation after each round, the
+history record, speakers.csv, checkpoints, tracking and (opt-in) recorded client updates.
 """
 
 from __future__ import annotations
 
-import random
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
-from fedspeech import LAUNCH_TIME
-from fedspeech.experiment_data import load_experiment_data
-from fedspeech.federation.checkpoint import (Checkpoint, find_checkpoint, load_checkpoint,
-                                             save_checkpoint)
-from fedspeech.federation.evaluation import CentralEvaluator
-from fedspeech.federation.parameters import load_record, record_nbytes, to_record
-from fedspeech.federation.strategies import build_strategy
+from fedspeech.experiment_data import ExperimentData, load_experiment_data
+from fedspeech.federation.checkpoint import Checkpoint, resume_checkpoint, save_checkpoint
+from fedspeech.federation.nodes import ClientInfo, query_nodes
+from fedspeech.federation.parameters import load_record, numpy_record, record_arrays, to_record
+from fedspeech.federation.round_loop import RoundOutcome
+from fedspeech.federation.screening import Reply
+from fedspeech.federation.strategies import SpeechStrategy, build_strategy
+from fedspeech.models.base import SpeechModel
 from fedspeech.models.factory import build_model
 from fedspeech.run_outputs import RunRecorder
+from fedspeech.tasks import build_task
+from fedspeech.tasks.base import Evaluator, Task
 
 
-def _rng_state() -> dict:
-    return {"python": repr(random.getstate()), "numpy": np.random.get_state()[1].tolist(),
-            "torch_seed": torch.initial_seed()}
+@dataclass
+class ServerExperiment:
+    """Everything the server needs before the first round."""
+
+    cfg: DictConfig
+    data: ExperimentData
+    task: Task
+    model: SpeechModel
+    device: torch.device
+    evaluator: Evaluator
+    strategy: SpeechStrategy
+
+    @classmethod
+    def build(cls, cfg: DictConfig) -> "ServerExperiment":
+        data = load_experiment_data(cfg)
+        task = build_task(cfg)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed))        # the initial model: the same in every run
+            model = build_model(cfg.model, data.tokenizer).to(device)
+        evaluator = task.evaluator(cfg, data, model, device)
+        strategy = build_strategy(cfg.strategy, population=data.num_clients, seed=int(cfg.seed))
+        return cls(cfg, data, task, model, device, evaluator, strategy)
 
 
-def node_partitions(grid: Grid, expected: int, timeout: float, wait_s: float = 600.0) -> dict[int, int]:
-    """Ask every node for its partition id, so sampling and participation are reproducible."""
-    t0 = time.time()
-    node_ids = list(grid.get_node_ids())
-    while len(node_ids) < expected and time.time() - t0 < wait_s:
-        time.sleep(0.5)
-        node_ids = list(grid.get_node_ids())
-    if len(node_ids) < expected:
-        raise RuntimeError(f"only {len(node_ids)} of {expected} nodes connected after {wait_s:.0f} s")
-    messages = [Message(content=RecordDict({"config": ConfigRecord({"query": "partition-id"})}),
-                        dst_node_id=nid, message_type=MessageType.QUERY) for nid in node_ids]
-    mapping: dict[int, int] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id} failed to report its partition: "
-                               f"{reply.error.reason}")
-        mapping[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
-    return mapping
-
-
-def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid) -> RunRecorder:
-    data = load_experiment_data(cfg)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    torch.manual_seed(int(cfg.seed))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model, data.tokenizer).to(device)
-    evaluator = CentralEvaluator(cfg, data, model, device)
-    population = data.num_clients
-    strategy = build_strategy(cfg.strategy, population=population, seed=int(cfg.seed))
-    recorder = RunRecorder(cfg, run_dir, data)
-    arrays = to_record(model)
+def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: float | None = None,
+                  on_round_end: Callable[[dict], None] | None = None) -> RunRecorder:
+    """Run the configured federated experiment on `grid`, writing `run_dir`."""
+    exp = ServerExperiment.build(cfg)
+    recorder = RunRecorder(cfg, run_dir, exp.data, started_at=started_at)
+    arrays = to_record(exp.model)
     start_round = 1
-    ckpt_path = find_checkpoint(cfg.resume, run_dir)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        arrays = ArrayRecord({k: Array(v) for k, v in ckpt.arrays.items()})
-        strategy.load_state_dict(ckpt.server_state)
+    resumed = resume_checkpoint(cfg.resume, run_dir)
+    if resumed is not None:
+        path, ckpt = resumed
+        arrays = numpy_record(ckpt.arrays)
+        exp.strategy.load_state_dict(ckpt.server_state)
         recorder.load_state(ckpt.state)
         start_round = ckpt.round + 1
-        print(f"resuming from {ckpt_path} (round {ckpt.round} done)", flush=True)
-    elif recorder.wants_round0():       # evaluated while the Ray workers are still starting
-        load_record(model, arrays)
-        metrics, _ = evaluator()
+        print(f"resuming from {path} (round {ckpt.round} done)", flush=True)
+    elif recorder.wants_round0():      # evaluated while the Ray workers are still starting
+        metrics, _ = exp.evaluator()
         recorder.add_round0(metrics)
 
     timeout = float(cfg.strategy.round_timeout)
-    partition_of = node_partitions(grid, population, timeout)
-    strategy.set_node_partitions(partition_of)
-    if cfg.get("verbose", True):
-        print(f"{len(partition_of)} nodes ready, {time.time() - LAUNCH_TIME:.1f} s after launch", flush=True)
+    wait_s = float(cfg.strategy.node_wait_timeout_s)     # to connect, then to answer who they are
+    nodes: dict[int, ClientInfo] = query_nodes(grid, exp.data.num_clients, wait_s=wait_s,
+                                               timeout=wait_s)
+    exp.strategy.set_nodes(nodes)
+    recorder.node_partitions = {n: c.partition_id for n, c in nodes.items()}
+    recorder.nodes_ready()
+    extras = exp.task.before_rounds(cfg, grid, recorder.node_partitions, run_dir)
+    if extras is not None:
+        exp.strategy.extra_records = dict(extras)
+    updates = _update_recorder(cfg, run_dir, exp.strategy)
 
-    for rnd in range(start_round, int(cfg.num_rounds) + 1):
-        t0 = time.perf_counter()
-        train_config = ConfigRecord({"server-round": rnd, "local-epochs": int(cfg.train.local_epochs)})
-        messages = list(strategy.configure_train(rnd, arrays, train_config, grid))
-        bytes_down = record_nbytes(arrays) * len(messages)
-        # replies arrive in completion order; aggregate in partition order so sums are reproducible
-        replies = sorted(grid.send_and_receive(messages, timeout=timeout),
-                         key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
-        ok = [m for m in replies if not m.has_error()]
-        bytes_up = sum(record_nbytes(m.content["arrays"]) for m in ok)
-        new_arrays, agg = strategy.aggregate_train(rnd, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        t_train = time.perf_counter() - t0
-        load_record(model, arrays)
-        metrics, records = evaluator() if rnd % int(cfg.eval.every) == 0 or rnd == cfg.num_rounds \
-            else ({}, None)
-        sent_lr = messages[0].content["config"].get("lr") if messages else None
-        recorder.add_round(rnd, metrics=metrics, sampled=len(messages), replies=ok,
-                           failures=len(messages) - len(ok), bytes_up=bytes_up, bytes_down=bytes_down,
-                           aggregated=dict(agg) if agg is not None else {}, lr=sent_lr,
-                           train_wall_s=t_train, wall_s=time.perf_counter() - t0, records=records)
+    latest_records = {}
+
+    def evaluate(server_round: int, round_arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round % int(cfg.eval.every) and server_round != int(cfg.num_rounds):
+            return None
+        load_record(exp.model, round_arrays)
+        metrics, records = exp.evaluator()
+        latest_records[server_round] = records
+        return MetricRecord(metrics)
+
+    def round_end(outcome: RoundOutcome) -> None:
+        records = latest_records.pop(outcome.server_round, None)
+        record = recorder.add_round(outcome, records)
         save_checkpoint(run_dir / "checkpoints", Checkpoint(
-            round=rnd, arrays={k: v.numpy() for k, v in arrays.items()},
-            server_state=strategy.state_dict(), state={**recorder.state(), "rng": _rng_state()}),
+            round=outcome.server_round, arrays=record_arrays(outcome.arrays),
+            server_state=exp.strategy.state_dict(), state=recorder.state()),
             keep=cfg.keep_checkpoints)
-    recorder.finish(arrays)
+        if on_round_end is not None:
+            on_round_end(record)
+
+    train_config = ConfigRecord({"local-epochs": int(cfg.train.local_epochs)})
+    exp.strategy.start(grid, arrays, num_rounds=int(cfg.num_rounds), timeout=timeout,
+                       train_config=train_config, evaluate_fn=evaluate, start_round=start_round,
+                       on_round_end=round_end, max_in_flight=cfg.strategy.get("max_in_flight"))
+    if updates is not None:
+        updates.close()
+    exp.task.after_rounds(cfg, exp.model, run_dir)
+    recorder.finish()
     return recorder
 
 
-def make_server_app(cfg: DictConfig, run_dir: Path) -> ServerApp:
+def _update_recorder(cfg: DictConfig, run_dir: Path, strategy: SpeechStrategy):  # noqa: ANN202
+    """With `record_updates=true`: keep the screened replies of the chosen rounds in `updates/`."""
+    if not cfg.get("record_updates", False):
+        return None
+    from fedspeech.federation.update_recording import UpdateRecorder
+
+    updates = UpdateRecorder(run_dir, cfg.get("record_updates_rounds"))
+    begun: set[int] = set()
+
+    def record(server_round: int, reply: Reply) -> None:
+        if not updates.wants(server_round):
+            return
+        if server_round not in begun:
+            updates.begin_round(server_round, dict(strategy.require_current_arrays()))
+            begun.add(server_round)
+        updates.record(server_round, reply.partition_id, reply.arrays, reply.metrics)
+
+    strategy.reply_listeners.append(record)
+    return updates
+
+
+def make_server_app(cfg: DictConfig, run_dir: Path, started_at: float | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federated(cfg, run_dir, grid)
+        run_federated(cfg, run_dir, grid, started_at=started_at)
 
     return app

@@ -1,0 +1,140 @@
+"""Rounds at scale: server memory against the cohort and the population, client utilisation,
+start-up with many nodes, and the cost of aggregation. Prints measured ratios next to the goals.
+
+Each case is a real run of `python -m fedspeech.main` on the embedded corpus (iid partitions;
+`train.max_steps=1` so a round is dominated by moving and folding updates, not by training) with
+`model.hidden_size=768`: a 29 M-parameter model, 115 MB per update. The numbers come from the
+run's own history.json (`server_peak_rss_mb`, `client_compute_s`, `train_wall_s`) and its
+"N nodes ready, X s after launch" line.
+
+    python benchmarks/scale.py [--only rss,utilisation,population,aggregation] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BIG = ["partitioner=iid", "train.max_steps=1", "model.hidden_size=768", "eval.max_utterances=20",
+       "client_resources.num_cpus=1", "verbose=true"]
+
+
+def run(out: Path, name: str, overrides: list[str]) -> tuple[list[dict], float]:
+    """One run; returns its history and the seconds from launch to nodes ready."""
+    run_dir = out / name
+    cmd = [sys.executable, "-m", "fedspeech.main", *overrides, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    ready = re.search(r"(\d+) nodes ready, ([\d.]+) s after launch", proc.stdout)
+    history = json.loads((run_dir / "history.json").read_text())
+    print(f"  {name}: {time.time() - t0:.0f} s", flush=True)
+    return history, float(ready.group(2)) if ready else float("nan")
+
+
+def peak_rss(history: list[dict]) -> float:
+    return max(h.get("server_peak_rss_mb", 0.0) for h in history)
+
+
+def rss_vs_cohort(out: Path) -> None:
+    small, _ = run(out, "cohort4", [*BIG, "partitioner.num_clients=200", "strategy.num_train_nodes=4",
+                                    "num_rounds=2"])
+    large, _ = run(out, "cohort64", [*BIG, "partitioner.num_clients=200", "strategy.num_train_nodes=64",
+                                     "num_rounds=2"])
+    ratio = peak_rss(large) / peak_rss(small)
+    print(f"server peak RSS, cohort 64 vs 4 (29 M model): {peak_rss(large):.0f} vs "
+          f"{peak_rss(small):.0f} MB = {ratio:.2f}x (goal <= 1.15x)")
+
+
+def utilisation(out: Path, workers: int) -> None:
+    history, _ = run(out, "cohort32", [*BIG, "partitioner.num_clients=200", "strategy.num_train_nodes=32",
+                                       "num_rounds=3"])
+    rounds = history[2:]                  # round 1 includes the workers' first model build
+    compute = sum(h["client_compute_s"] for h in rounds)
+    wall = sum(h["train_wall_s"] for h in rounds)
+    print(f"sum of client compute / (train wall x {workers} workers), cohort 32, 29 M model, rounds "
+          f"2-3: {compute:.1f} / ({wall:.1f} x {workers}) = {compute / (wall * workers):.2f} (goal >= 0.95)")
+
+
+def population(out: Path) -> None:
+    few, t_few = run(out, "clients20", ["partitioner=iid", "partitioner.num_clients=20",
+                                        "strategy.num_train_nodes=8", "num_rounds=1",
+                                        "eval.max_utterances=20"])
+    many, t_many = run(out, "clients2000", ["partitioner=iid", "partitioner.num_clients=2000",
+                                            "strategy.num_train_nodes=8", "num_rounds=1",
+                                            "eval.max_utterances=20"])
+    print(f"server peak RSS, 2,000 vs 20 clients (cohort 8): {peak_rss(many):.0f} vs {peak_rss(few):.0f} "
+          f"MB = {peak_rss(many) / peak_rss(few):.2f}x (goal <= 1.2x)")
+    print(f"launch to nodes ready, 2,000 vs 20 clients: {t_many:.1f} vs {t_few:.1f} s = "
+          f"{t_many / t_few:.2f}x (goal <= 1.5x)")
+
+
+def aggregation(k: int = 16, size: int = 29_000_000) -> None:
+    """Screening (values) + exact folding of K updates vs NumPy summing the same arrays."""
+    from fedspeech.federation.aggregation import ExactSum, value_bounds
+    from fedspeech.federation.screening import check_values
+
+    rng = np.random.default_rng(0)
+    shapes = {"big": (size // 2,), "mid": (size // 4,), "rest": (size - size // 2 - size // 4,)}
+    current = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    updates = [{n: (v + rng.standard_normal(v.shape).astype(np.float32) * 0.01) for n, v in current.items()}
+               for _ in range(4)]
+    bounds = value_bounds(current)
+
+    def ours() -> None:
+        total = ExactSum(shapes, bounds, weight_bound=float(k))
+        for i in range(k):
+            check_values(updates[i % 4], bounds)          # screening's value pass (NaN/inf/range)
+            total.add(updates[i % 4], 1.0)
+        total.mean()
+        total.close()
+
+    def numpy_sum() -> None:
+        for name in shapes:
+            acc = np.zeros(shapes[name], dtype=np.float32)
+            for i in range(k):
+                np.add(acc, updates[i % 4][name], out=acc)
+
+    timings = {}
+    for label, fn in (("numpy", numpy_sum), ("fedspeech", ours)):
+        fn()                                   # warm up
+        t0 = time.perf_counter()
+        fn()
+        timings[label] = time.perf_counter() - t0
+    print(f"aggregation of {k} updates of {size / 1e6:.0f} M parameters: screened exact fold "
+          f"{timings['fedspeech']:.2f} s vs NumPy sum {timings['numpy']:.2f} s = "
+          f"{timings['fedspeech'] / timings['numpy']:.2f}x (goal <= 1.2x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="rss,utilisation,population,aggregation")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/fedspeech_scale"))
+    args = parser.parse_args()
+    cases = set(args.only.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    workers = os.cpu_count() or 1
+    print(f"{workers} cores; every client uses 1 CPU, so {workers} workers run clients at once", flush=True)
+    if "aggregation" in cases:
+        aggregation()
+    if "rss" in cases:
+        rss_vs_cohort(args.out)
+    if "utilisation" in cases:
+        utilisation(args.out, workers)
+    if "population" in cases:
+        population(args.out)
+
+
+if __name__ == "__main__":
+    main()

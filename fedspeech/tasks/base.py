@@ -1,0 +1,54 @@
+"""The interface every task implements; the ASR task (`tasks.asr`) is the reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid
+from omegaconf import DictConfig
+
+from fedspeech.experiment_data import ExperimentData
+from fedspeech.models.base import SpeechModel
+from fedspeech.training import TrainStats
+
+#: central evaluation: () -> (metrics, one row per evaluated utterance or None)
+Evaluator = Callable[[], "tuple[dict[str, float], pd.DataFrame | None]"]
+
+
+class Task:
+    """Base class of tasks; the defaults are what a task without extra phases needs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def client_rows(self, data: ExperimentData, partition_id: int) -> pd.DataFrame:
+        """The utterances a client trains on (also sizes its aggregation weight at start)."""
+        return data.client_rows(partition_id)
+
+    def train(self, cfg: DictConfig, model: SpeechModel, rows: pd.DataFrame, data: ExperimentData,
+              device: torch.device, config: ConfigRecord, extras: RecordDict, seed: int) -> TrainStats:
+        """Client side, one round: train `model` on `rows`."""
+        raise NotImplementedError
+
+    def evaluator(self, cfg: DictConfig, data: ExperimentData, model: SpeechModel,
+                  device: torch.device) -> Evaluator:
+        """Server side: central evaluation of the global model, called after rounds."""
+        raise NotImplementedError
+
+    def before_rounds(self, cfg: DictConfig, grid: Grid, node_partitions: dict[int, int],
+                      run_dir: Path) -> RecordDict | None:
+        """Server side, before round 1: a phase of its own (cached in `run_dir`); returns records
+        sent with every train message, or None."""
+        return None
+
+    def answer(self, cfg: DictConfig, msg: Message, context: Context,
+               data: ExperimentData) -> Message | None:
+        """Client side: answer this task's own QUERY messages; None = not one of ours."""
+        return None
+
+    def after_rounds(self, cfg: DictConfig, model: SpeechModel, run_dir: Path) -> None:
+        """Server side, after the last round (e.g. write `export/`)."""

@@ -1,0 +1,87 @@
+"""ExactSum: the running sum behind every fedspeech strategy is exact to its grid and
+independent of the order of the replies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedspeech.federation.aggregation import ExactSum, aggregate_metrics, value_bounds
+
+
+def terms(n: int = 12, size: int = 4000, seed: int = 0) -> list[tuple[dict[str, np.ndarray], float]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        scale = 10.0 ** rng.integers(-7, 1, size=size)          # values over 7 decades
+        out.append(({"a": (rng.standard_normal(size) * scale).astype(np.float32),
+                     "b": rng.standard_normal((3, 2)).astype(np.float32)},
+                    float(rng.uniform(1, 300))))
+    return out
+
+
+def fold(items, order):  # noqa: ANN001, ANN201
+    bounds = value_bounds({"a": np.ones(1, np.float32), "b": np.ones(1, np.float32)})
+    total = ExactSum({"a": items[0][0]["a"].shape, "b": (3, 2)}, bounds,
+                     weight_bound=sum(w for _, w in items), threads=2)
+    for i in order:
+        total.add(*items[i])
+    return total
+
+
+def test_sum_is_bit_identical_in_any_order():
+    items = terms()
+    orders = [list(range(len(items))), list(reversed(range(len(items)))),
+              list(np.random.default_rng(3).permutation(len(items)))]
+    sums = [fold(items, o).total() for o in orders]
+    for other in sums[1:]:
+        for k in sums[0]:
+            np.testing.assert_array_equal(sums[0][k], other[k])
+    # a plain float sum of the same terms is not: the test would catch one
+    plain = [sum(w * x["a"].astype(np.float64) for x, w in (items[i] for i in o)) for o in orders]
+    assert any(not np.array_equal(plain[0], p) for p in plain[1:])
+
+
+def test_mean_is_within_the_documented_error_of_the_exact_mean():
+    items = terms(n=8, size=500)
+    total = fold(items, range(len(items)))
+    weights = [w for _, w in items]
+    exact = np.array([math.fsum(w * float(x["a"][j]) for x, w in items) / math.fsum(weights)
+                      for j in range(500)])
+    # the docstring's bound: float32 rounding of each term (2**-24 relative) + one grid step each
+    magnitude = np.array([math.fsum(w * abs(float(x["a"][j])) for x, w in items) / math.fsum(weights)
+                          for j in range(500)])
+    step = value_bounds({"a": np.ones(1)})["a"] * math.fsum(weights) / 2.0**60
+    assert np.all(np.abs(total.mean()["a"] - exact) <= 2.0**-24 * magnitude + len(items) * step)
+    assert total.weight_sum == math.fsum(weights) and total.count == len(items)
+
+
+def test_weights_beyond_the_round_bound_are_refused():
+    total = ExactSum({"a": (2,)}, {"a": 256.0}, weight_bound=10.0, threads=1)
+    total.add({"a": np.ones(2, np.float32)}, 6.0)
+    with pytest.raises(ValueError, match="exceed the round's bound"):
+        total.add({"a": np.ones(2, np.float32)}, 5.0)
+
+
+def test_large_tensors_folded_in_threads_equal_a_single_thread():
+    rng = np.random.default_rng(1)
+    big = [({"a": rng.standard_normal(1 << 21).astype(np.float32)}, float(w)) for w in (1.0, 2.5, 7.0)]
+    results = []
+    for threads in (1, 3):
+        s = ExactSum({"a": (1 << 21,)}, {"a": 256.0}, weight_bound=10.5, threads=threads)
+        for arrays, w in big:
+            s.add(arrays, w)
+        results.append(s.total()["a"])
+        s.close()
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_metrics_are_totals_or_weighted_means_in_any_order():
+    per = [(2.0, {"num-seconds": 2.0, "train-loss": 1.0, "partition-id": 0}),
+           (6.0, {"num-seconds": 6.0, "train-loss": 3.0, "partition-id": 1})]
+    a, b = aggregate_metrics(per), aggregate_metrics(per[::-1])
+    assert a == b
+    assert a["num-seconds"] == 8.0 and a["train-loss"] == pytest.approx(2.5)
+    assert "partition-id" not in a
