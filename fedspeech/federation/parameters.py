@@ -34,13 +34,10 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 
 def array_from_numpy(values: np.ndarray) -> Array:
     """An `Array` holding `values` as `.npy` bytes (what `Array(ndarray)` makes, one copy less)."""
-    values = np.ascontiguousarray(values)
-    header = _npy_header(values.dtype, values.shape)
-    data = bytearray(len(header) + values.nbytes)
-    data[: len(header)] = header
-    data[len(header):] = memoryview(values).cast("B")
-    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=NUMPY_STYPE,
-                 data=bytes(data))
+    if not values.flags.c_contiguous:
+        values = values.copy(order="C")          # (ascontiguousarray would make a 0-d array 1-d)
+    data = b"".join((_npy_header(values.dtype, values.shape), memoryview(values).cast("B")))
+    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=NUMPY_STYPE, data=data)
 
 
 def array_view(array: Array) -> np.ndarray:
