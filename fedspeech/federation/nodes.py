@@ -19,6 +19,9 @@ from flwr.supercore import log
 from fedspeech.federation.replies import ReplyStream
 
 IDENTITY_QUERY = "partition-id"
+#: identity queries outstanding at once: a simulation engine scans every pending message for
+#: every node on each poll, so thousands at once make start-up quadratic in the population
+IDENTITY_IN_FLIGHT = 32
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def query_nodes(grid: Grid, expected: int, *, wait_s: float, timeout: float) -> 
     messages = [Message(content=identity_query(), dst_node_id=nid, message_type=MessageType.QUERY)
                 for nid in node_ids]
     found: dict[int, ClientInfo] = {}
-    stream = ReplyStream(grid, messages, timeout=timeout)
+    stream = ReplyStream(grid, messages, timeout=timeout, max_in_flight=IDENTITY_IN_FLIGHT)
     for reply in stream:
         nid = reply.metadata.src_node_id
         if reply.has_error():
