@@ -22,7 +22,7 @@ from conftest import TINY_CORPUS, TINY_RUN, run_module
 from fedspeech import CONFIG_DIR
 from fedspeech.analysis.leakage.attacks import gender_attack, speaker_verification
 from fedspeech.analysis.leakage.layers import layer_taps
-from fedspeech.analysis.leakage.report import Options, analyse_run
+from fedspeech.analysis.leakage.report import Options, analyse_run, layer_order
 from fedspeech.config import ConfigError, validate_config
 from fedspeech.data.batching import Batch
 from fedspeech.data.text import CharTokenizer
@@ -318,3 +318,13 @@ def test_recorded_dp_run_and_leakage_cli(tmp_path):
     assert (table["n_clients"] == 8).all() and (table["n_target_trials"] == 4).all()
     assert len(pd.read_csv(run_dir / "leakage_indicator.csv")) == 3
     assert (run_dir / "plots" / "leakage.png").stat().st_size > 10_000
+
+
+def test_plot_axis_names_each_layer_once():
+    """Tables repeat every layer per view and source; the plot's axis must not."""
+    rows = [{"view": v, "source": s, "layer": layer}
+            for v in ("received", "released") for s in ("footprint", "delta")
+            for layer in ("frontend", "rnn.0", "head")]
+    other = pd.DataFrame([{"view": "received", "source": "delta", "layer": "extra"}])
+    assert layer_order({"a": pd.DataFrame(rows), "b": other}) == ["frontend", "rnn.0", "head",
+                                                                  "extra"]

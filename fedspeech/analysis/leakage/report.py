@@ -172,14 +172,17 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, indicator: pd.DataFrame) -
     return [out_dir / CSV_NAME, out_dir / INDICATOR_NAME]
 
 
+def layer_order(curves: dict[str, pd.DataFrame]) -> list[str]:
+    """Each layer once, in model order: a table repeats every layer per view and source."""
+    return list(dict.fromkeys(layer for table in curves.values() for layer in table["layer"]))
+
+
 def plot_leakage(curves: dict[str, pd.DataFrame], path: Path) -> Path:
     """Gender accuracy and speaker EER per layer; one colour per run and view, line per source."""
     fig = Figure(figsize=(11, 4.2))
     ax_acc, ax_eer = fig.subplots(1, 2, sharex=True)
     colours = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
-    order: list[str] = []
-    for table in curves.values():
-        order += [layer for layer in table["layer"] if layer not in order]
+    order = layer_order(curves)
     x_of = {layer: i for i, layer in enumerate(order)}
     chance = []
     k = 0
