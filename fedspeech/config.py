@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 
 class ConfigError(ValueError):
@@ -35,4 +35,20 @@ def validate_config(cfg: DictConfig) -> None:
     if "fraction_train" in strategy and strategy.fraction_train is not None:
         _require(0 < float(strategy.fraction_train) <= 1, "strategy.fraction_train",
                  f"must be in (0, 1], got {strategy.fraction_train}")
+    _validate_update_recording(cfg)
     _require(str(cfg.dataset.root) not in ("", "???"), "dataset.root", "is required for this dataset")
+
+
+def _validate_update_recording(cfg: DictConfig) -> None:
+    if not cfg.get("record_updates", False):
+        return
+    _require(bool(cfg.federated), "record_updates",
+             "needs federated=true (the centralised baseline exchanges no updates)")
+    rounds = cfg.get("record_updates_rounds")
+    if rounds is None:
+        return
+    _require(isinstance(rounds, ListConfig) and len(rounds) > 0
+             and all(isinstance(r, int) and 1 <= r <= int(cfg.num_rounds) for r in rounds),
+             "record_updates_rounds",
+             f"must be null or a list of rounds in 1..num_rounds={cfg.num_rounds}, e.g. [1,3]; "
+             f"got {rounds}")

@@ -86,7 +86,7 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: flo
     extras = exp.task.before_rounds(cfg, grid, recorder.node_partitions, run_dir)
     if extras is not None:
         exp.strategy.extra_records = dict(extras)
-    updates = _update_recorder(cfg, run_dir, exp.strategy)
+    updates = _update_recorder(cfg, run_dir, exp)
 
     latest_records = {}
 
@@ -119,13 +119,17 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: flo
     return recorder
 
 
-def _update_recorder(cfg: DictConfig, run_dir: Path, strategy: SpeechStrategy):  # noqa: ANN202
+def _update_recorder(cfg: DictConfig, run_dir: Path, exp: ServerExperiment):  # noqa: ANN202
     """With `record_updates=true`: keep the screened replies of the chosen rounds in `updates/`."""
     if not cfg.get("record_updates", False):
         return None
     from fedspeech.federation.update_recording import UpdateRecorder
 
-    updates = UpdateRecorder(run_dir, cfg.get("record_updates_rounds"))
+    strategy = exp.strategy
+    # named from the manifest, so the index carries each client's speakers and gender
+    updates = UpdateRecorder.for_experiment(
+        run_dir, cfg.get("record_updates_rounds"), exp.data,
+        weight_key=str(cfg.strategy.get("weighted_by_key") or "num-seconds"))
     begun: set[int] = set()
 
     def record(server_round: int, reply: Reply) -> None:
