@@ -1,7 +1,9 @@
 """`python -m fedspeech.dataset_preparation dataset=X partitioner=P`: corpus -> manifest -> partition.
 
 Each stage is skipped when its output exists and was made from the same configuration (recorded
-beside it), so `main` can call `prepare` before every run at no cost.
+beside it), so `main` can call `prepare` before every run at no cost. `prepare_stages` chooses the
+stages (for `main` too: `prepare_stages=[]` runs on the data as it is); `force_prepare=true`
+rebuilds them even when up to date.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedspeech import CONFIG_DIR
-from fedspeech.config import validate_config
+from fedspeech.config import PREPARE_STAGES, exit_on_config_error, register_resolvers, validate_config
 from fedspeech.data.manifest import read_manifest, write_manifest
 from fedspeech.data.partition import write_partition
 from fedspeech.data.text import CharTokenizer
+from fedspeech.files import atomic_write_text
 
 
 def _stamp(*parts: object) -> str:
@@ -47,7 +50,7 @@ def prepare_manifest(cfg: DictConfig, force: bool = False) -> Path:
     CharTokenizer.from_texts(frame.loc[frame["split"] == "train", "text"]).save(tokenizer)
     dt = time.perf_counter() - t0
     print(f"prepared {len(frame)} utterances in {dt:.1f} s ({len(frame) / max(dt, 1e-9):.0f} utt/s)", flush=True)
-    stamp_file.write_text(stamp)
+    atomic_write_text(stamp_file, stamp)
     return manifest
 
 
@@ -60,17 +63,12 @@ def prepare_partition(cfg: DictConfig, force: bool = False) -> Path:
         return clients
     partitioner = instantiate(cfg.partitioner, _convert_="all")
     write_partition(read_manifest(manifest), partitioner, int(cfg.seed), out_dir)
-    stamp_file.write_text(stamp)
+    atomic_write_text(stamp_file, stamp)
     return clients
 
 
-STAGES = ("manifest", "partition")
-
-
-def prepare(cfg: DictConfig, force: bool = False, stages: tuple[str, ...] = STAGES) -> None:
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise ValueError(f"prepare_stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+def prepare(cfg: DictConfig, force: bool = False, stages: tuple[str, ...] = PREPARE_STAGES) -> None:
+    """Bring the chosen stages up to date (all of them, rebuilt, with `force`)."""
     if "manifest" in stages:
         prepare_manifest(cfg, force)
     if "partition" in stages:
@@ -79,9 +77,11 @@ def prepare(cfg: DictConfig, force: bool = False, stages: tuple[str, ...] = STAG
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    validate_config(cfg)
+    with exit_on_config_error():
+        validate_config(cfg)
     prepare(cfg, force=bool(cfg.force_prepare), stages=tuple(cfg.prepare_stages))
 
 
 if __name__ == "__main__":
+    register_resolvers()
     main()

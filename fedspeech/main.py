@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from fedspeech import CONFIG_DIR  # noqa: E402
-from fedspeech.config import validate_config  # noqa: E402
+from fedspeech.config import exit_on_config_error, register_resolvers, validate_config  # noqa: E402
 from fedspeech.dataset_preparation import prepare  # noqa: E402
 
 
@@ -58,9 +58,12 @@ def quiet_library_logs() -> None:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     quiet_library_logs()
-    validate_config(cfg)
+    with exit_on_config_error():
+        validate_config(cfg)
+    # resolved once here: the apps (and Ray workers) see plain values, no resolvers needed there
+    OmegaConf.resolve(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    prepare(cfg)
+    prepare(cfg, force=bool(cfg.force_prepare), stages=tuple(cfg.prepare_stages))
     if cfg.federated:
         run_simulation(cfg, run_dir)
     else:
@@ -75,4 +78,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_resolvers()
     main()

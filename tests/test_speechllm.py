@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from fedspeech.config import compose_config
 from fedspeech.data.audio import AudioCache, load_audio
 from fedspeech.data.batching import Batch, UtteranceLoader
 from fedspeech.data.text import CharTokenizer
@@ -310,8 +311,7 @@ def test_train_local_reduces_loss_on_repeated_batch(assets: dict[str, str]) -> N
 def test_strategy_config_decays_client_lr_by_steps() -> None:
     from fedspeech.federation.strategies import SpeechFedAvg, build_strategy
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose(config_name="config", overrides=["model=speechllm", "strategy=speechllm_fedavg"])
+    cfg = compose_config(["model=speechllm", "strategy=speechllm_fedavg"])
     assert cfg.model.name == "speechllm" and cfg.strategy.name == "speechllm_fedavg"
     strategy = build_strategy(cfg.strategy, population=10, seed=0)
     assert isinstance(strategy, SpeechFedAvg)

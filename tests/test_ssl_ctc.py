@@ -252,15 +252,12 @@ def test_large_shapes_on_meta(kind):
 
 def test_paper_experiment_config_composes(encoders, tokenizer):
     """conf/experiment/fedwav2vec2_paper.yaml: the paper's values win over the root defaults."""
-    from hydra import compose, initialize_config_dir
-
-    from fedspeech.config import validate_config
+    from fedspeech.config import compose_config, validate_config
 
     root = OmegaConf.load(CONFIG_DIR / "config.yaml")
     slot = any("experiment" in str(entry) for entry in root.defaults)
     choice = ("" if slot else "+") + "experiment=fedwav2vec2_paper"
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[choice, "dataset.root=/corpora/TEDLIUM_release-3"])
+    cfg = compose_config([choice, "dataset.root=/corpora/TEDLIUM_release-3"])
     validate_config(cfg)
     assert (cfg.model.name, cfg.dataset.name, cfg.partitioner.name) == \
         ("wav2vec2", "tedlium3", "tedlium_paper")

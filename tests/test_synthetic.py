@@ -198,8 +198,8 @@ def test_interrupted_build_is_redone(tmp_path: Path):
         np.testing.assert_array_equal(rebuilt[key], samples)
 
 
-def test_read_corpus_rows_and_unseen_speakers_only_in_test(corpus_root: Path):
-    rows = synthetic.read_corpus(corpus_root, **TINY)
+def test_synthesize_and_read_rows_and_unseen_speakers_only_in_test(corpus_root: Path):
+    rows = synthetic.synthesize_and_read(corpus_root, **TINY)
     assert not rows.rejected
     assert len(rows.rows) == N_UTTS
     meta = {s["id"]: s for s in json.loads((corpus_root / "corpus.json").read_text())["speakers"]}

@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-import fedspeech  # noqa: F401  (registers the `project_root` resolver used by saved configs)
+from fedspeech.config import register_resolvers
 
 SPEAKER_REQUIRED = ["speaker", "rounds_participated", "seen_in_training", "wer"]
 
@@ -95,6 +95,7 @@ def load_run(run_dir: str | Path) -> RunFiles:
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is not a directory")
     hydra = run_dir / ".hydra"
+    register_resolvers()        # saved configs say `${project_root:}`
     config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
     overrides: list = []
     if (hydra / "overrides.yaml").is_file():

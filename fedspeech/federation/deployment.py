@@ -24,7 +24,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from fedspeech.config import validate_config
+from fedspeech.config import register_resolvers, validate_config
 from fedspeech.federation.client_app import client_query, client_train
 from fedspeech.federation.server_app import run_federated
 
@@ -36,6 +36,7 @@ PARTITION_KEY = "partition-id"
 @functools.lru_cache(maxsize=4)
 def load_config(path: str) -> DictConfig:
     """The composed experiment config named in the run config (read once per process)."""
+    register_resolvers()
     if not path:
         raise ValueError(f"run config '{CONFIG_KEY}' is empty: pass the absolute path of a composed "
                          "fedspeech config (python -m fedspeech.main --cfg job --resolve ... > file)")

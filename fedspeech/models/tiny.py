@@ -59,10 +59,11 @@ class SpecAugment(nn.Module):
 class TinyCTC(SpeechModel):
     """Conv x4 subsampling + bidirectional GRU + linear CTC head over characters."""
 
-    def __init__(self, tokenizer: CharTokenizer, n_mels: int = 80, hidden_size: int = 192,
-                 num_layers: int = 3, conv_channels: int = 32, dropout: float = 0.1,
-                 spec_augment: dict | None = None, **_: object) -> None:
+    def __init__(self, tokenizer: CharTokenizer, name: str = "tiny", n_mels: int = 80,
+                 hidden_size: int = 192, num_layers: int = 3, conv_channels: int = 32,
+                 dropout: float = 0.1, spec_augment: dict | None = None) -> None:
         super().__init__()
+        self.name = name
         self.tokenizer = tokenizer
         self.features = LogMel(n_mels)
         self.augment = SpecAugment(**(spec_augment or {}))

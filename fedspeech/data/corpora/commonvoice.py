@@ -49,7 +49,7 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 
 
 def read_corpus(root: str | Path, locale: str = "en", splits: dict[str, str] | None = None,
-                verify: str = "tail", num_workers: int = 4, **_) -> CorpusRows:
+                verify: str = "tail", num_workers: int = 4) -> CorpusRows:
     """Read one Common Voice locale into manifest rows (+ rejections with reasons).
 
     `splits` maps our split names to tsv file stems, e.g. `{train: validated, dev: dev,
@@ -109,7 +109,7 @@ def read_corpus(root: str | Path, locale: str = "en", splits: dict[str, str] | N
 
 
 def download(root: str | Path, archive: str | None = None, md5: str | None = None,
-             sha256: str | None = None, progress: bool = True, **_) -> Path:
+             sha256: str | None = None, progress: bool = True) -> Path:
     """Verify and extract a Common Voice archive the user obtained, into `root`.
 
     `archive` is a local path or an http(s) URL (such as the time-limited link Mozilla sends

@@ -88,7 +88,7 @@ def _chapter_dirs(subset_dir: Path) -> Iterable[tuple[str, str, Path]]:
 
 
 def read_corpus(root: str | Path, subsets: list[str] | None = None, verify: str = "tail",
-                num_workers: int = 4, **_) -> CorpusRows:
+                num_workers: int = 4) -> CorpusRows:
     """Read LibriSpeech subsets into manifest rows (+ rejections with reasons).
 
     `subsets` defaults to every `train-*`/`dev-*`/`test-*` folder under `root`. `verify` is
@@ -142,7 +142,7 @@ def read_corpus(root: str | Path, subsets: list[str] | None = None, verify: str 
 
 
 def download(root: str | Path, subsets: list[str], keep_archives: bool = True,
-             progress: bool = True, **_) -> Path:
+             progress: bool = True) -> Path:
     """Fetch SLR12 subsets into `root` (the `LibriSpeech/` folder); finished subsets are skipped.
 
     Archives are kept in `root/.archives/` (resumable, md5-verified); each archive's top

@@ -116,7 +116,7 @@ def _read_language(language: str, folder: Path, rejected: list[Rejection]) -> li
 
 
 def read_corpus(root: str | Path, languages: list[str] | None = None, opus: bool | None = None,
-                verify: str = "tail", num_workers: int = 4, **_) -> CorpusRows:
+                verify: str = "tail", num_workers: int = 4) -> CorpusRows:
     """Read MLS languages into manifest rows with a `language` column (+ rejections).
 
     `languages` defaults to every `mls_<language>[_opus]` folder in `root`; `opus` picks the
@@ -134,7 +134,7 @@ def read_corpus(root: str | Path, languages: list[str] | None = None, opus: bool
 
 
 def download(root: str | Path, languages: list[str], opus: bool = True, keep_archives: bool = True,
-             progress: bool = True, **_) -> Path:
+             progress: bool = True) -> Path:
     """Fetch MLS languages into `root` (resumable; size-verified, see `archive`)."""
     root = Path(root).expanduser().resolve()
     if not languages:

@@ -382,18 +382,21 @@ def synthesize_corpus(root: str | Path, num_train_speakers: int = 18, num_unseen
     return root
 
 
-def read_corpus(root: str | Path, num_train_speakers: int = 18, num_unseen_speakers: int = 6,
-                train_sentences: int = 150, dev_sentences: int = 5, test_sentences: int = 10,
-                unseen_sentences: int = 25, seed: int = 0, **reader_kwargs) -> CorpusRows:
-    """Synthesise if needed, then read with the LibriSpeech reader and add `accent` and `gender`.
+def synthesize_and_read(root: str | Path, num_train_speakers: int = 18, num_unseen_speakers: int = 6,
+                        train_sentences: int = 150, dev_sentences: int = 5, test_sentences: int = 10,
+                        unseen_sentences: int = 25, seed: int = 0, verify: str = "tail",
+                        num_workers: int = 4) -> CorpusRows:
+    """Synthesise the corpus if needed, then read it with the LibriSpeech reader and add `accent`
+    and `gender` (the corpus reader of `dataset=synthetic`).
 
-    `reader_kwargs` go to `fedspeech.data.corpora.librispeech.read_corpus` (e.g. `verify`).
+    `verify` and `num_workers` are the LibriSpeech reader's.
     """
     from fedspeech.data.corpora import librispeech
 
     root = synthesize_corpus(root, num_train_speakers, num_unseen_speakers, train_sentences,
                              dev_sentences, test_sentences, unseen_sentences, seed)
-    corpus = librispeech.read_corpus(root, subsets=list(SUBSETS.values()), **reader_kwargs)
+    corpus = librispeech.read_corpus(root, subsets=list(SUBSETS.values()), verify=verify,
+                                     num_workers=num_workers)
     speakers = {s["id"]: s for s in json.loads((root / "corpus.json").read_text())["speakers"]}
     for row in corpus.rows:
         spk = speakers.get(str(row["speaker"]))

@@ -98,7 +98,7 @@ def _parse_stm(stm: Path, split: str, audio: Path, rejected: list[Rejection]) ->
 
 
 def read_corpus(root: str | Path, layout: str = "legacy", verify: str = "tail",
-                num_workers: int = 4, **_) -> CorpusRows:
+                num_workers: int = 4) -> CorpusRows:
     """Read TED-LIUM 3 segments into manifest rows (+ rejections with reasons).
 
     `layout`: "legacy" (`legacy/{train,dev,test}`), "speaker-adaptation"
@@ -145,7 +145,7 @@ def read_corpus(root: str | Path, layout: str = "legacy", verify: str = "tail",
     return CorpusRows(rows=rows, rejected=rejected)
 
 
-def download(root: str | Path, keep_archive: bool = True, progress: bool = True, **_) -> Path:
+def download(root: str | Path, keep_archive: bool = True, progress: bool = True) -> Path:
     """Fetch SLR51 into `root` (the `TEDLIUM_release-3/` folder), sha256-verified, resumable.
 
     The archive (~51 GB) is kept in `root/.archives/`; its top folder is stripped so the

@@ -1,0 +1,106 @@
+"""Schemas of `conf/model/*.yaml`, one per model class (chosen by the node's `_target_`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class SpecAugmentConfig:
+    freq_masks: int = 0
+    freq_width: int = 15
+    time_masks: int = 0
+    time_width: int = 40
+
+
+@dataclass
+class TinyCTCConfig:
+    _target_: str = "fedspeech.models.tiny.TinyCTC"
+    name: str = "tiny"
+    n_mels: int = 80
+    hidden_size: int = 192
+    num_layers: int = 3
+    conv_channels: int = 32
+    dropout: float = 0.1
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+
+@dataclass
+class SSLCTCConfig:
+    """wav2vec2 / HuBERT / WavLM + CTC head (`conf/model/{wav2vec2,hubert,wavlm}.yaml`)."""
+
+    _target_: str = "fedspeech.models.ssl_ctc.SSLCTC"
+    name: Optional[str] = None
+    pretrained: str = "???"
+    cache_dir: Optional[str] = None
+    local_files_only: bool = False
+    revision: Optional[str] = None
+    freeze_feature_encoder: bool = True
+    freeze_encoder_steps: int = 0
+    freeze_encoder: bool = False
+    encoder_lr: Optional[float] = None
+    head_lr: Optional[float] = None
+    head_dropout: float = 0.1
+    head_hidden_size: Optional[int] = None
+    output_norm: bool = False
+    gradient_checkpointing: bool = False
+    normalize_audio: Optional[bool] = None
+    use_attention_mask: Optional[bool] = None
+    layerdrop: Optional[float] = None
+    mask_time_prob: Optional[float] = None
+    mask_time_length: Optional[int] = None
+    mask_feature_prob: Optional[float] = None
+    mask_feature_length: Optional[int] = None
+    hidden_dropout: Optional[float] = None
+    attention_dropout: Optional[float] = None
+    activation_dropout: Optional[float] = None
+    feat_proj_dropout: Optional[float] = None
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ConnectorConfig:
+    kind: str = "linear_pool"
+    pool: int = 5
+    hidden: Optional[int] = None
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class PromptConfig:
+    pre: str = "???"
+    post: str = "???"
+
+
+@dataclass
+class SpeechLLMConfig:
+    _target_: str = "fedspeech.models.speechllm.SpeechLLM"
+    name: str = "speechllm"
+    encoder: str = "microsoft/wavlm-large"
+    llm: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    local_files_only: bool = False
+    torch_dtype: str = "float32"
+    finetune_encoder: bool = False
+    freeze_feature_encoder: bool = True
+    encoder_lr_scale: float = 0.1
+    encoder_layer: Optional[int] = None
+    normalize_audio: Optional[bool] = None
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    attributes: Any = "auto"           # "auto" or a list of manifest columns
+    max_new_tokens: int = 160
+    gradient_checkpointing: bool = False
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+#: `model._target_` -> schema. A new model class registers its schema here.
+MODELS: dict[str, type] = {schema._target_: schema
+                           for schema in (TinyCTCConfig, SSLCTCConfig, SpeechLLMConfig)}
