@@ -22,6 +22,7 @@ from fedspeech.federation.evaluation import CentralEvaluator
 from fedspeech.federation.parameters import trainable_state
 from fedspeech.models.factory import build_model
 from fedspeech.run_outputs import RunRecorder
+from fedspeech.seeding import torch_seeded
 from fedspeech.training import train_local
 
 
@@ -36,10 +37,9 @@ def round_budget_share(cfg: DictConfig, num_clients: int) -> float:
 
 def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
     data = load_experiment_data(cfg)
-    torch.manual_seed(int(cfg.seed))
     torch.set_num_threads(int(cfg.train.num_threads or torch.get_num_threads()))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model, data.tokenizer).to(device)
+    model = build_model(cfg.model, data.tokenizer, seed=int(cfg.seed)).to(device)
     evaluator = CentralEvaluator(cfg, data, model, device)
     recorder = RunRecorder(cfg, run_dir, data)
     pooled = data.train_rows().reset_index(drop=True)
@@ -65,14 +65,15 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
         rows = pooled.iloc[np.sort(rng.choice(len(pooled), per_round, replace=False))]
         # participation, as for clients: a speaker's client takes part when its audio is drawn
         drawn = sorted(set(data.clients.loc[data.clients["id"].isin(set(rows["id"])), "client"]))
-        torch.manual_seed(int(cfg.seed) * 1_000_003 + rnd)
         loader = UtteranceLoader(rows, data.audio_cache, cfg.train.batch_seconds, shuffle=True,
                                  seed=int(cfg.seed) + rnd, max_utterances=cfg.train.max_batch_utterances)
-        stats = train_local(model, loader, device, lr=float(cfg.train.lr),
-                            weight_decay=float(cfg.train.weight_decay),
-                            epochs=int(cfg.train.local_epochs), max_steps=cfg.train.max_steps,
-                            grad_clip=cfg.train.grad_clip, grad_accum=int(cfg.train.grad_accum),
-                            precision=str(cfg.train.precision))
+        with torch_seeded(int(cfg.seed) * 1_000_003 + rnd):      # dropout of this round
+            stats = train_local(model, loader, device, lr=float(cfg.train.lr),
+                                weight_decay=float(cfg.train.weight_decay),
+                                epochs=int(cfg.train.local_epochs), max_steps=cfg.train.max_steps,
+                                grad_clip=cfg.train.grad_clip, grad_accum=int(cfg.train.grad_accum),
+                                precision=str(cfg.train.precision),
+                                speed_perturb=cfg.train.get("speed_perturb"))
         t_train = time.perf_counter() - t0
         metrics, records = evaluator()
         recorder.add_pooled_round(rnd, metrics=metrics, train_loss=stats.loss,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from fedspeech.augment import SpeedPerturbation
 from fedspeech.data.batching import UtteranceLoader
 from fedspeech.models.base import SpeechModel
 
@@ -40,16 +42,38 @@ def proximal_term(model: SpeechModel, anchor: dict[str, torch.Tensor]) -> torch.
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+def scaled_param_groups(model: SpeechModel, lr: float, base_lr: float | None,
+                        weight_decay: float) -> list[dict]:
+    """The model's parameter groups at this round's `lr`.
+
+    Groups with their own rate (e.g. `model.encoder_lr` / `head_lr`) are defined against the
+    configured `train.lr` (`base_lr`); a round's `lr` from the server's schedule scales every group
+    by `lr / base_lr`, so schedules and warm-ups apply to them as well. `base_lr=None`: `lr` as is.
+    """
+    reference = lr if base_lr is None else float(base_lr)
+    groups = model.param_groups(reference, weight_decay)
+    for group in groups:
+        group["lr"] = group["lr"] * lr / reference
+    return groups
+
+
 def train_local(model: SpeechModel, loader: UtteranceLoader, device: torch.device, *, lr: float,
-                weight_decay: float = 0.0, epochs: int = 1, max_steps: int | None = None,
-                grad_clip: float | None = None, grad_accum: int = 1, precision: str = "fp32",
-                proximal_mu: float = 0.0, log_every: int = 0) -> TrainStats:
-    """Train for `epochs` over the loader (or `max_steps` optimiser steps), fresh AdamW each call."""
+                base_lr: float | None = None, weight_decay: float = 0.0, epochs: int = 1,
+                max_steps: int | None = None, grad_clip: float | None = None, grad_accum: int = 1,
+                precision: str = "fp32", proximal_mu: float = 0.0,
+                speed_perturb: Sequence[float] | None = None) -> TrainStats:
+    """Train for `epochs` over the loader (or `max_steps` optimiser steps), fresh AdamW each call.
+
+    `lr` is this round's learning rate and `base_lr` the configured `train.lr` it is relative to
+    (see `scaled_param_groups`). `speed_perturb` lists speed factors, one drawn per batch from a
+    generator seeded by the loader's seed; `num_seconds` counts the audio before perturbation.
+    """
     model.train()
     exchanged = set(model.trainable_names())     # before param_groups may freeze some for K steps
     anchor = ({n: p.detach().clone() for n, p in model.named_parameters() if n in exchanged}
               if proximal_mu > 0 else {})
-    optimizer = torch.optim.AdamW(model.param_groups(lr, weight_decay))
+    optimizer = torch.optim.AdamW(scaled_param_groups(model, lr, base_lr, weight_decay))
+    perturb = SpeedPerturbation(speed_perturb, seed=loader.seed) if speed_perturb else None
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
     t0 = time.perf_counter()
     steps = micro = examples = 0
@@ -58,14 +82,16 @@ def train_local(model: SpeechModel, loader: UtteranceLoader, device: torch.devic
     for _ in range(epochs):
         for batch in loader:
             batch.to(device)
+            examples += len(batch)
+            seconds += batch.seconds
+            if perturb is not None:
+                batch = perturb(batch)
             with _autocast(device, precision):
                 loss = model.loss(batch)
                 if proximal_mu > 0:
                     loss = loss + 0.5 * proximal_mu * proximal_term(model, anchor)
             scaler.scale(loss / grad_accum).backward()
             micro += 1
-            examples += len(batch)
-            seconds += batch.seconds
             loss_sum += float(loss.detach())
             if micro % grad_accum == 0:
                 model.on_step(steps)
@@ -77,8 +103,6 @@ def train_local(model: SpeechModel, loader: UtteranceLoader, device: torch.devic
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 steps += 1
-                if log_every and steps % log_every == 0:
-                    print(f"    step {steps}: loss {loss_sum / micro:.3f}", flush=True)
                 if max_steps and steps >= max_steps:
                     done = True
                     break

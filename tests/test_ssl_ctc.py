@@ -199,6 +199,26 @@ def test_param_groups_and_freeze_encoder(encoders, rows, tokenizer):
     assert not changed(snapshot(head_only, "head."), other)
 
 
+def test_round_lr_scales_the_group_rates(encoders, rows, tokenizer):
+    """The round's client lr moves model.encoder_lr / head_lr with it (lr_round / train.lr).
+
+    AdamW's first step moves every weight with a gradient by its group's rate, so the largest
+    change per group after one step is that group's rate.
+    """
+    base = 1e-4                                   # train.lr
+    for round_lr in (base, base / 4):             # e.g. a schedule's first and a later round
+        model = SSLCTC(tokenizer, str(encoders["hubert"]), local_files_only=True, layerdrop=0.0,
+                       mask_time_prob=0.0, encoder_lr=1e-4, head_lr=1e-3)
+        encoder, head = snapshot(model, "encoder.encoder.layers."), snapshot(model, "head.")
+        train_local(model, loader(rows), CPU, lr=round_lr, base_lr=base, max_steps=1)
+        now = dict(model.named_parameters())
+        moved = {name: max(float((now[n] - p).abs().max()) for n, p in part.items())
+                 for name, part in (("encoder", encoder), ("head", head))}
+        scale = round_lr / base
+        assert moved["encoder"] == pytest.approx(1e-4 * scale, rel=1e-2)   # float32 weights
+        assert moved["head"] == pytest.approx(1e-3 * scale, rel=1e-2)
+
+
 def test_group_norm_encoder_conventions(tmp_path, rows, tokenizer):
     """Base-style (group-norm) encoders take neither normalised input nor an attention mask."""
     path = save_tiny_encoder("wav2vec2", tmp_path / "base", layer_norm=False)

@@ -7,21 +7,25 @@ the caller loads each client's received weights into it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedspeech.data.text import CharTokenizer
 from fedspeech.models.base import SpeechModel
+from fedspeech.seeding import torch_seeded
 
 _CACHE: dict[str, SpeechModel] = {}
 BUILDS = {"count": 0}   # how many models this process built (benchmarks and tests read it)
 
 
-def build_model(model_cfg: DictConfig, tokenizer: CharTokenizer) -> SpeechModel:
-    model = instantiate(model_cfg, tokenizer=tokenizer, _convert_="all")
+def build_model(model_cfg: DictConfig, tokenizer: CharTokenizer, seed: int | None = None) -> SpeechModel:
+    """The configured model; with `seed`, initialised from that seed without touching the
+    caller's random state (`torch_seeded`)."""
+    with torch_seeded(seed) if seed is not None else contextlib.nullcontext():
+        model = instantiate(model_cfg, tokenizer=tokenizer, _convert_="all")
     if not isinstance(model, SpeechModel):
         raise TypeError(f"{model_cfg._target_} built {type(model).__name__}, not a SpeechModel")
     BUILDS["count"] += 1
@@ -32,7 +36,6 @@ def cached_model(model_cfg: DictConfig, tokenizer: CharTokenizer, seed: int) -> 
     key = json.dumps([OmegaConf.to_container(model_cfg, resolve=True), tokenizer.symbols, seed],
                      sort_keys=True, default=str)
     if key not in _CACHE:
-        torch.manual_seed(seed)
         _CACHE.clear()      # one model per worker: a new configuration replaces the old one
-        _CACHE[key] = build_model(model_cfg, tokenizer)
+        _CACHE[key] = build_model(model_cfg, tokenizer, seed=seed)
     return _CACHE[key]

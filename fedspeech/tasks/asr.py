@@ -26,6 +26,7 @@ class ASRTask(Task):
         return train_local(
             model, loader, device,
             lr=float(config.get("lr", train.lr)),
+            base_lr=float(train.lr),
             weight_decay=float(train.weight_decay),
             epochs=int(config.get("local-epochs", train.local_epochs)),
             max_steps=train.max_steps,
@@ -33,6 +34,7 @@ class ASRTask(Task):
             grad_accum=int(train.grad_accum),
             precision=str(train.precision),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
+            speed_perturb=train.get("speed_perturb"),
         )
 
     def evaluator(self, cfg: DictConfig, data: ExperimentData, model: SpeechModel,
