@@ -9,16 +9,10 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from fedspeech import CONFIG_DIR
-from fedspeech.data.batching import duration_batches
+from fedspeech.config import compose_config
+from fedspeech.data.batching import duration_batches, real_fraction
 from fedspeech.experiment_data import load_experiment_data
-
-
-def ratio(durations: np.ndarray, batches: list[list[int]]) -> float:
-    real = sum(durations[b].sum() for b in batches)
-    return real / sum(durations[b].max() * len(b) for b in batches)
 
 
 def random_batches(durations: np.ndarray, budget: float, seed: int) -> list[list[int]]:
@@ -35,15 +29,14 @@ def random_batches(durations: np.ndarray, budget: float, seed: int) -> list[list
 
 
 def main() -> None:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=sys.argv[1:])
+    cfg = compose_config(sys.argv[1:])
     data = load_experiment_data(cfg)
     budget = float(cfg.train.batch_seconds)
     bucketed, rand = [], []
     for client in range(data.num_clients):
         d = data.client_rows(client)["duration"].to_numpy()
-        bucketed.append(ratio(d, duration_batches(d, budget, shuffle=True, seed=client)))
-        rand.append(ratio(d, random_batches(d, budget, seed=client)))
+        bucketed.append(real_fraction(d, duration_batches(d, budget, shuffle=True, seed=client)))
+        rand.append(real_fraction(d, random_batches(d, budget, seed=client)))
     print(f"{data.num_clients} clients, batch budget {budget:.0f} padded seconds")
     print(f"real/padded frames, duration-bucketed: mean {np.mean(bucketed):.3f} (min {np.min(bucketed):.3f})")
     print(f"real/padded frames, random batches:    mean {np.mean(rand):.3f} (min {np.min(rand):.3f})")

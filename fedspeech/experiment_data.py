@@ -1,11 +1,14 @@
 """The prepared data of one experiment as a process sees it: manifest, partition, tokenizer.
 
-Loaded once per process (server or Ray worker) and shared by every client that process trains.
+Loaded once per process (server or Ray worker) and shared by every client that process trains;
+the cache is keyed by what the files are (inode, mtime, size), so a re-prepare in the same
+process is seen.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from omegaconf import DictConfig
 
 from fedspeech.data.audio import AudioCache
 from fedspeech.data.manifest import read_manifest
+from fedspeech.data.partition import client_rows, read_partition
 from fedspeech.data.text import CharTokenizer
 
 
@@ -29,11 +33,8 @@ class ExperimentData:
         return int(self.clients["client"].max()) + 1
 
     def client_rows(self, client: int) -> pd.DataFrame:
-        ids = self.clients.loc[self.clients["client"] == client, "id"]
-        rows = self.manifest.loc[self.manifest["id"].isin(set(ids))]
-        if rows.empty:
-            raise ValueError(f"client {client} has no utterances in the partition")
-        return rows
+        """The manifest rows of one client (checked: the client exists, all its rows are there)."""
+        return client_rows(self.manifest, self.clients, client)
 
     def train_rows(self) -> pd.DataFrame:
         """Every utterance of the partition (the pooled data of the centralised baseline)."""
@@ -47,9 +48,6 @@ class ExperimentData:
             rows = rows.sort_values("id").head(int(max_utterances))
         return rows
 
-    def speakers_of(self, client: int) -> list[str]:
-        return sorted(set(self.client_rows(client)["speaker"]))
-
 
 def prepared_files(cfg: DictConfig) -> dict[str, Path]:
     prepared = Path(cfg.paths.prepared)
@@ -57,12 +55,18 @@ def prepared_files(cfg: DictConfig) -> dict[str, Path]:
             "clients": Path(cfg.paths.partition) / "clients.csv"}
 
 
+def file_identity(path: Path) -> tuple[int, int, int]:
+    """(inode, mtime_ns, size): changes whenever the file is rewritten, atomically or not."""
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 @functools.lru_cache(maxsize=2)
-def _load(manifest: str, tokenizer: str, clients: str, cache_mb: float) -> ExperimentData:
-    return ExperimentData(manifest=read_manifest(manifest),
-                          clients=pd.read_csv(clients, dtype={"id": str, "client": int}),
-                          tokenizer=CharTokenizer.load(tokenizer),
-                          audio_cache=AudioCache(cache_mb))
+def _load(manifest: str, tokenizer: str, clients: str, cache_mb: float,
+          identity: tuple) -> ExperimentData:
+    """`identity` (of the three files) is only part of the key: a rewritten file is a new entry."""
+    return ExperimentData(manifest=read_manifest(manifest), clients=read_partition(clients),
+                          tokenizer=CharTokenizer.load(tokenizer), audio_cache=AudioCache(cache_mb))
 
 
 def load_experiment_data(cfg: DictConfig) -> ExperimentData:
@@ -72,5 +76,6 @@ def load_experiment_data(cfg: DictConfig) -> ExperimentData:
             raise FileNotFoundError(f"missing {name} file {path}: run "
                                     f"`python -m fedspeech.dataset_preparation dataset={cfg.dataset.name} "
                                     f"partitioner={cfg.partitioner.name}`")
+    identity = tuple(file_identity(path) for path in files.values())
     return _load(str(files["manifest"]), str(files["tokenizer"]), str(files["clients"]),
-                 float(cfg.audio_cache_mb))
+                 float(cfg.audio_cache_mb), identity)

@@ -73,11 +73,13 @@ def partition_speakers(tiny_data: Path) -> tuple[dict[int, set[str]], Counter, p
     return by_client, train_utts, manifest
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_run_plots_exist_and_are_pngs(run_dir):
     for name in RUN_PLOTS:
         assert_png(run_dir / "plots" / name)
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_participation_matches_history(run_dir, tiny_data):
     history = read_history(run_dir)
     by_client, _, _ = partition_speakers(tiny_data)
@@ -92,6 +94,7 @@ def test_participation_matches_history(run_dir, tiny_data):
     assert sum(got.values()) == sum(len(h["participants"]) for h in history[1:])  # one speaker per client
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_unseen_speakers_have_no_training_audio(run_dir, tiny_data):
     _, train_utts, manifest = partition_speakers(tiny_data)
     speakers = pd.read_csv(run_dir / "speakers.csv", dtype={"speaker": str})
@@ -103,6 +106,7 @@ def test_unseen_speakers_have_no_training_audio(run_dir, tiny_data):
     assert dict(zip(speakers["speaker"], speakers["train_utts"])) == {s: train_utts[s] for s in evaluated}
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_summary_numbers_come_from_the_files(run_dir):
     history = read_history(run_dir)
     s = summarize_run(run_dir)
@@ -117,6 +121,7 @@ def test_summary_numbers_come_from_the_files(run_dir):
     assert s["mean_wer_unseen"] == pytest.approx(speakers.loc[~speakers["seen_in_training"], "wer"].mean())
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_cli_redraws_plots_on_a_copy(run_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
@@ -132,6 +137,7 @@ def test_cli_redraws_plots_on_a_copy(run_dir, tmp_path):
     assert "per-speaker WER by rounds participated" in out
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_plots_survive_one_round_nan_and_no_unseen(run_dir, tmp_path):
     copy = tmp_path / "edge"
     shutil.copytree(run_dir, copy)
@@ -158,6 +164,7 @@ def test_plots_survive_one_round_nan_and_no_unseen(run_dir, tmp_path):
     assert "wer.png" in {p.name for p in plot_run(copy)}
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_sweep_summary_on_a_real_multirun(sweep_dir):
     proc = run_module("fedspeech.analysis.sweep", str(sweep_dir))
     for name in ("summary.csv", "summary.md"):
@@ -177,6 +184,7 @@ def test_sweep_summary_on_a_real_multirun(sweep_dir):
     assert "summary.csv" in proc.stdout
 
 
+@pytest.mark.slow     # uses a real run through main
 def test_sweep_groups_configurations_and_reports_skipped_jobs(sweep_dir, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep_dir, copy)

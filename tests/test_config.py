@@ -53,7 +53,7 @@ def test_every_shipped_config_validates(overrides):
     (["+model.spec_augment.time_maks=2"], "model.spec_augment.time_maks: unknown key"),
     (["model=wav2vec2", "+model.hidden_size=3"], "model.hidden_size: unknown key; SSLCTCConfig"),
     (["+dataset.reader.subset=[dev-clean]", "dataset=librispeech", "dataset.root=/x"],
-     "dataset.reader.subset: unknown key; LibriSpeechReader takes: subsets"),
+     "dataset.reader.subset: unknown key; LibriSpeechReader takes: verify, num_workers, subsets"),
     (["+partitioner.num_client=3", "partitioner=iid"], "partitioner.num_client: unknown key"),
     (["strategy=fedadam", "strategy.builder.beta_1=high"], "strategy.builder.beta_1: 'high' is not a number"),
     (["strategy=fedlamb", "+strategy.builder.eta.warmup=3"], "strategy.builder.eta.warmup: unknown key"),

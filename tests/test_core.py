@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from fedspeech.config import compose_config
-from fedspeech.data.batching import duration_batches
+from fedspeech.data.batching import duration_batches, real_fraction
 from fedspeech.data.text import CharTokenizer, normalize_text
 from fedspeech.models.factory import build_model
 
@@ -29,9 +29,9 @@ def test_duration_batches_respect_padded_budget_and_keep_everything():
     assert flat == list(range(300))
     for b in batches:
         assert len(b) == 1 or durations[b].max() * len(b) <= 20.0
-    real = sum(durations[b].sum() for b in batches)
-    padded = sum(durations[b].max() * len(b) for b in batches)
-    assert real / padded > 0.8                  # bucketing keeps padding low
+    assert real_fraction(durations, batches) > 0.8          # bucketing keeps padding low
+    unsorted = duration_batches(durations, batch_seconds=20.0, shuffle=True, seed=1, bucket_size=1)
+    assert real_fraction(durations, unsorted) == 1.0         # one utterance per batch: no padding
     assert batches != duration_batches(durations, 20.0, shuffle=True, seed=2)
     assert batches == duration_batches(durations, 20.0, shuffle=True, seed=1)
 

@@ -345,6 +345,16 @@ def test_commonvoice_real_sample():
 
 
 @needs_real
+def test_commonvoice_root_may_be_the_locale_folder():
+    from fedspeech.data.corpora.commonvoice import read_corpus
+
+    corpus = read_corpus(REAL / CV)
+    assert read_corpus(REAL / CV / "en", locale="en").rows == corpus.rows
+    with pytest.raises(CorpusLayoutError, match="folder of locale 'en', not of locale 'fr'"):
+        read_corpus(REAL / CV / "en", locale="fr")
+
+
+@needs_real
 def test_commonvoice_validated_as_train_keeps_eval_clips_out():
     from fedspeech.data.corpora.commonvoice import read_corpus
 

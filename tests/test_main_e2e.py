@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
+
+pytestmark = pytest.mark.slow     # each test is a whole run of `python -m fedspeech.main`
 
 
 def test_federated_run_writes_run_dir(tiny_data, tmp_path):
@@ -52,3 +55,22 @@ def test_centralised_baseline_writes_the_same_files(tiny_data, tmp_path):
     seen = speakers["seen_in_training"]
     assert speakers.loc[seen, "rounds_participated"].gt(0).all()
     assert speakers.loc[~seen, "rounds_participated"].eq(0).all()
+
+
+def test_main_honours_prepare_stages_and_force_prepare(tiny_data, tmp_path):
+    empty = tmp_path / "empty"
+    proc = run_module("fedspeech.main", f"paths.data={empty}", *TINY_CORPUS, "prepare_stages=[]",
+                      f"hydra.run.dir={tmp_path / 'none'}", check=False)
+    assert proc.returncode != 0 and "missing manifest file" in proc.stderr
+    assert not (empty / "synthetic").exists()          # main prepared nothing
+
+    manifest = tiny_data / "synthetic" / "manifest.csv"
+    clients = tiny_data / "synthetic" / "partitions" / "speaker" / "clients.csv"
+    before = manifest.stat().st_mtime_ns, clients.stat().st_mtime_ns
+    proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *TINY_RUN,
+                      "force_prepare=true", "prepare_stages=[partition]", "federated=false",
+                      "num_rounds=1", "strategy.num_train_nodes=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert "partition speaker" in proc.stdout and "reading synthetic" not in proc.stdout
+    assert manifest.stat().st_mtime_ns == before[0]     # not a chosen stage
+    assert clients.stat().st_mtime_ns != before[1]      # rebuilt although up to date
+    assert [h["round"] for h in read_history(tmp_path / "run")] == [0, 1]

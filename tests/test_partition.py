@@ -85,7 +85,7 @@ def test_every_train_utterance_exactly_once(partitioner, tmp_path):
 def test_assign_is_index_aligned_and_rejects_other_splits():
     manifest = make_manifest()
     train = manifest[manifest["split"] == "train"]
-    labels = IidPartitioner(num_clients=3).assign(train, seed=1)
+    labels = IidPartitioner(num_clients=3).assign(train, seed=1).labels
     assert labels.index.equals(train.index) and labels.notna().all()
     with pytest.raises(PartitionError, match="train rows only"):
         IidPartitioner(num_clients=3).assign(manifest, seed=1)

@@ -22,6 +22,7 @@ def _prepared(data, name):
 @pytest.mark.parametrize("dataset, root, extra, n_utts, n_train", [
     ("tedlium3", "TEDLIUM_release-3", [], 10, 5),
     ("commonvoice", "cv-corpus-13.0-2023-03-09", ["partitioner.key=client_id"], 9, 6),
+    ("commonvoice", "cv-corpus-13.0-2023-03-09/en", ["partitioner.key=client_id"], 9, 6),
     ("mls", ".", ["dataset.reader.languages=[french,german]"], 20, 12),
 ])
 def test_prepare_real_corpus_with_speaker_partition(tmp_path, dataset, root, extra, n_utts, n_train):

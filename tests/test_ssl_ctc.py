@@ -21,9 +21,8 @@ from fedspeech.data.text import CharTokenizer, normalize_text
 from fedspeech.federation.parameters import load_record, record_nbytes, to_record
 from fedspeech.models.factory import build_model
 from fedspeech.models.ssl_ctc import SSLCTC
-from fedspeech.models.tiny_pretrained import (KINDS, PRETRAINED, large_config, meta_encoder,
-                                              save_tiny_encoder)
 from fedspeech.training import train_local
+from tiny_pretrained import KINDS, PRETRAINED, large_config, meta_encoder, save_tiny_encoder
 
 LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "LibriSpeech"
 CPU = torch.device("cpu")
@@ -303,6 +302,7 @@ MAIN_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_federated_run_through_main(kind, encoders, tiny_data, tmp_path):
     from conftest import TINY_CORPUS, read_history, run_module

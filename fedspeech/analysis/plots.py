@@ -8,9 +8,7 @@ no global backend switch), so importing this module never changes a user's inter
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedspeech.analysis.summary import RunFiles, baseline_wer, load_run, series
+from fedspeech.files import atomic_write_with
 
 SEEN_STYLE = {"color": "tab:blue", "marker": "o", "label": "seen in training"}
 UNSEEN_STYLE = {"color": "tab:orange", "marker": "x", "label": "unseen (no training audio)"}
@@ -33,17 +32,8 @@ def _tidy(ax: Any, integer_axis: str) -> None:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write through a temp file and rename, so a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (`fedspeech.files`), so a reader never sees half a PNG."""
+    atomic_write_with(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return path
 
 

@@ -54,17 +54,13 @@ class AudioCache:
         self.max_bytes = int(max_mb * 2**20)
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._bytes = 0
-        self.hits = 0
-        self.misses = 0
 
     def get(self, path: str, start: float, end: float | None) -> np.ndarray:
         key = (path, float(start), None if end is None or end != end else float(end))
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
-            self.hits += 1
             return item.astype(np.float32) / 32767.0
-        self.misses += 1
         audio = load_audio(path, start, key[2])
         stored = np.clip(audio * 32767.0, -32768, 32767).astype(np.int16)
         if stored.nbytes <= self.max_bytes:

@@ -83,6 +83,14 @@ def duration_batches(durations: Sequence[float], batch_seconds: float, shuffle: 
     return batches
 
 
+def real_fraction(durations: Sequence[float], batches: list[list[int]]) -> float:
+    """Real / padded audio over `batches` (1.0 = no padding): what duration bucketing buys."""
+    durations = np.asarray(durations, dtype=float)
+    real = sum(float(durations[b].sum()) for b in batches)
+    padded = sum(float(durations[b].max()) * len(b) for b in batches)
+    return real / padded if padded else 1.0
+
+
 class UtteranceLoader:
     """Iterates duration-bucketed `Batch`es over manifest rows, decoding through an AudioCache."""
 
@@ -101,24 +109,11 @@ class UtteranceLoader:
         self.skipped: dict[str, str] = {}
         self.attribute_columns = [c for c in ATTRIBUTE_COLUMNS if c in self.rows.columns]
 
-    @property
-    def total_seconds(self) -> float:
-        return float(self.rows["duration"].sum())
-
     def plan(self, epoch: int | None = None) -> list[list[int]]:
         epoch = self.epoch if epoch is None else epoch
         return duration_batches(self.rows["duration"].to_numpy(), self.batch_seconds,
                                 self.shuffle, seed=self.seed * 100_003 + epoch,
                                 max_utterances=self.max_utterances)
-
-    def padding_ratio(self) -> float:
-        """Real / padded frames over one epoch's batches (1.0 = no padding)."""
-        d = self.rows["duration"].to_numpy()
-        real = padded = 0.0
-        for idx in self.plan(0):
-            real += d[idx].sum()
-            padded += d[idx].max() * len(idx)
-        return real / padded if padded else 1.0
 
     def __len__(self) -> int:
         return len(self.plan())

@@ -7,13 +7,13 @@ Corpus readers produce rows; this module validates them, writes them atomically 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+
+from fedspeech.files import atomic_write_with
 
 REQUIRED_COLUMNS = ["id", "audio", "start", "end", "duration", "speaker", "text", "split"]
 OPTIONAL_COLUMNS = ["gender", "age", "accent", "emotion", "language", "client_id"]
@@ -41,25 +41,9 @@ class ManifestError(ValueError):
     """A manifest that breaks the contract (missing column, bad split, duplicate id)."""
 
 
-def manifest_dir(data_dir: str | Path, dataset_name: str) -> Path:
-    return Path(data_dir) / dataset_name
-
-
-def manifest_path(data_dir: str | Path, dataset_name: str) -> Path:
-    return manifest_dir(data_dir, dataset_name) / "manifest.csv"
-
-
-def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: never a half-written table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Atomically (`fedspeech.files`): a reader never sees a half-written table."""
+    atomic_write_with(path, lambda tmp: frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL))
 
 
 def to_frame(rows: Iterable[dict]) -> pd.DataFrame:
@@ -87,9 +71,9 @@ def write_manifest(corpus: CorpusRows, out_dir: str | Path, verbose: bool = True
     out_dir = Path(out_dir)
     frame = to_frame(corpus.rows)
     target = out_dir / "manifest.csv"
-    _atomic_write_csv(frame, target)
+    _write_csv(frame, target)
     rejected = pd.DataFrame([asdict(r) for r in corpus.rejected], columns=["id", "audio", "reason"])
-    _atomic_write_csv(rejected, out_dir / "rejected.csv")
+    _write_csv(rejected, out_dir / "rejected.csv")
     if verbose:
         hours = frame["duration"].sum() / 3600
         per_split = frame.groupby("split")["duration"].agg(["count", "sum"])

@@ -1,11 +1,13 @@
-"""CTC loss over characters and greedy decoding, shared by every CTC model."""
+"""CTC loss over characters and greedy decoding, shared by every CTC model (`CTCModel`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from fedspeech.data.batching import Batch
 from fedspeech.data.text import CharTokenizer
+from fedspeech.models.base import Prediction, SpeechModel
 
 
 def encode_targets(texts: list[str], tokenizer: CharTokenizer,
@@ -28,3 +30,22 @@ def ctc_loss(logits: torch.Tensor, lens: torch.Tensor, texts: list[str],
 def greedy_decode(logits: torch.Tensor, lens: torch.Tensor, tokenizer: CharTokenizer) -> list[str]:
     best = logits.argmax(-1).cpu()
     return [tokenizer.decode_ctc(best[i, : int(n)].tolist()) for i, n in enumerate(lens.cpu())]
+
+
+class CTCModel(SpeechModel):
+    """A character CTC recogniser: subclasses give `logits`; loss and greedy decoding follow."""
+
+    tokenizer: CharTokenizer
+
+    def logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, vocab) logits and the valid frames of each utterance."""
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        logits, lens = self.logits(batch)
+        return ctc_loss(logits, lens, batch.texts, self.tokenizer)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[Prediction]:
+        logits, lens = self.logits(batch)
+        return [Prediction(text=t) for t in greedy_decode(logits, lens, self.tokenizer)]

@@ -25,8 +25,7 @@ from torch import nn
 from fedspeech.data.audio import SAMPLE_RATE
 from fedspeech.data.batching import Batch
 from fedspeech.data.text import CharTokenizer
-from fedspeech.models.base import Prediction, SpeechModel
-from fedspeech.models.ctc import ctc_loss, greedy_decode
+from fedspeech.models.ctc import CTCModel
 
 # Config attributes that can be overridden from the Hydra model config (null keeps the checkpoint's).
 CONFIG_OVERRIDES = ("layerdrop", "mask_time_prob", "mask_time_length", "mask_feature_prob",
@@ -103,7 +102,7 @@ def load_encoder(pretrained: str, *, cache_dir: str | None = None, local_files_o
     return encoder, getattr(extractor, "do_normalize", None)
 
 
-class SSLCTC(SpeechModel):
+class SSLCTC(CTCModel):
     """A pretrained wav2vec2/HuBERT/WavLM encoder + character CTC head, greedy decoding."""
 
     def __init__(self, tokenizer: CharTokenizer, pretrained: str, name: str | None = None,
@@ -231,15 +230,6 @@ class SSLCTC(SpeechModel):
         if self.output_norm:
             hidden = F.layer_norm(hidden, hidden.shape[-1:])
         return self.head(hidden), lens.clamp(max=hidden.shape[1])
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        logits, lens = self.logits(batch)
-        return ctc_loss(logits, lens, batch.texts, self.tokenizer)
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> list[Prediction]:
-        logits, lens = self.logits(batch)
-        return [Prediction(text=t) for t in greedy_decode(logits, lens, self.tokenizer)]
 
     # ---- accounting --------------------------------------------------------------------------
     def parameter_counts(self) -> ParameterCounts:

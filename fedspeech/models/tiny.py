@@ -14,8 +14,7 @@ from torch import nn
 from fedspeech.data.audio import SAMPLE_RATE
 from fedspeech.data.batching import Batch
 from fedspeech.data.text import CharTokenizer
-from fedspeech.models.base import Prediction, SpeechModel
-from fedspeech.models.ctc import ctc_loss, greedy_decode
+from fedspeech.models.ctc import CTCModel
 
 HOP = 160
 
@@ -56,7 +55,7 @@ class SpecAugment(nn.Module):
         return x.transpose(1, 2)
 
 
-class TinyCTC(SpeechModel):
+class TinyCTC(CTCModel):
     """Conv x4 subsampling + bidirectional GRU + linear CTC head over characters."""
 
     def __init__(self, tokenizer: CharTokenizer, name: str = "tiny", n_mels: int = 80,
@@ -92,12 +91,3 @@ class TinyCTC(SpeechModel):
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.head(self.dropout(out)), lens
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        logits, lens = self.logits(batch)
-        return ctc_loss(logits, lens, batch.texts, self.tokenizer)
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> list[Prediction]:
-        logits, lens = self.logits(batch)
-        return [Prediction(text=t) for t in greedy_decode(logits, lens, self.tokenizer)]

@@ -11,11 +11,17 @@ CORPORA = "fedspeech.data.corpora"
 
 
 @dataclass
-class LibriSpeechReader:
+class ProbingReader:
+    """Keys of every reader that probes audio files (`fedspeech.data.corpora.common.probe_many`)."""
+
+    verify: str = "tail"         # header | tail | decode
+    num_workers: int = 4
+
+
+@dataclass
+class LibriSpeechReader(ProbingReader):
     _target_: str = f"{CORPORA}.librispeech.read_corpus"
     subsets: Optional[List[str]] = None
-    verify: str = "tail"
-    num_workers: int = 4
 
 
 @dataclass
@@ -27,11 +33,9 @@ class LibriSpeechDownloader:
 
 
 @dataclass
-class TedliumReader:
+class TedliumReader(ProbingReader):
     _target_: str = f"{CORPORA}.tedlium3.read_corpus"
     layout: str = "legacy"
-    verify: str = "tail"
-    num_workers: int = 4
 
 
 @dataclass
@@ -42,12 +46,10 @@ class TedliumDownloader:
 
 
 @dataclass
-class MLSReader:
+class MLSReader(ProbingReader):
     _target_: str = f"{CORPORA}.mls.read_corpus"
     languages: Optional[List[str]] = None
     opus: Optional[bool] = None
-    verify: str = "tail"
-    num_workers: int = 4
 
 
 @dataclass
@@ -60,12 +62,10 @@ class MLSDownloader:
 
 
 @dataclass
-class CommonVoiceReader:
+class CommonVoiceReader(ProbingReader):
     _target_: str = f"{CORPORA}.commonvoice.read_corpus"
     locale: str = "en"
     splits: Optional[Dict[str, str]] = None
-    verify: str = "tail"
-    num_workers: int = 4
 
 
 @dataclass
@@ -78,7 +78,7 @@ class CommonVoiceDownloader:
 
 
 @dataclass
-class SyntheticReader:
+class SyntheticReader(ProbingReader):
     _target_: str = f"{CORPORA}.synthetic.synthesize_and_read"
     num_train_speakers: int = 18
     num_unseen_speakers: int = 6
@@ -87,8 +87,6 @@ class SyntheticReader:
     test_sentences: int = 10
     unseen_sentences: int = 25
     seed: int = 0
-    verify: str = "tail"
-    num_workers: int = 4
 
 
 #: `dataset.reader._target_` -> schema

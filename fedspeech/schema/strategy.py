@@ -49,35 +49,33 @@ class FedAvgBuilder:
 
 
 @dataclass
-class FedAdamBuilder:
-    _target_: str = f"{STRATEGIES_MODULE}.SpeechFedAdam"
-    eta: Any = slot(SCHEDULES, default=1e-2)     # a number or a schedule
-    beta_1: float = 0.9
-    beta_2: float = 0.99
+class ServerOptimizer:
+    """Keys of every server optimiser (the FedOpt family)."""
+
+    eta: Any = slot(SCHEDULES, default=1e-2)     # server learning rate: a number or a schedule
     tau: float = 1e-3
 
 
 @dataclass
-class FedYogiBuilder:
-    _target_: str = f"{STRATEGIES_MODULE}.SpeechFedYogi"
-    eta: Any = slot(SCHEDULES, default=1e-2)
-    beta_1: float = 0.9
-    beta_2: float = 0.99
-    tau: float = 1e-3
-
-
-@dataclass
-class FedAdagradBuilder:
+class FedAdagradBuilder(ServerOptimizer):
     _target_: str = f"{STRATEGIES_MODULE}.SpeechFedAdagrad"
-    eta: Any = slot(SCHEDULES, default=1e-2)
-    tau: float = 1e-3
 
 
 @dataclass
-class FedLAMBBuilder:
-    _target_: str = f"{STRATEGIES_MODULE}.FedLAMB"
-    eta: Any = slot(SCHEDULES, default=1e-2)
+class FedAdamBuilder(ServerOptimizer):
+    _target_: str = f"{STRATEGIES_MODULE}.SpeechFedAdam"
     beta_1: float = 0.9
+    beta_2: float = 0.99
+
+
+@dataclass
+class FedYogiBuilder(FedAdamBuilder):
+    _target_: str = f"{STRATEGIES_MODULE}.SpeechFedYogi"
+
+
+@dataclass
+class FedLAMBBuilder(FedAdamBuilder):
+    _target_: str = f"{STRATEGIES_MODULE}.FedLAMB"
     beta_2: float = 0.999
     tau: float = 1e-6
     weight_decay: float = 0.0

@@ -11,6 +11,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from fedspeech.data.manifest import CorpusRows, Rejection
+from fedspeech.data.text import normalize_text
 
 TAIL_SECONDS = 0.1
 VERIFY_MODES = ("header", "tail", "decode")
@@ -89,6 +90,18 @@ def probe_many(paths: Sequence[str | Path], verify: str = "tail", num_workers: i
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         return list(tqdm(pool.map(one, paths), total=len(paths), desc=desc, unit="file",
                          disable=len(paths) < 1000))
+
+
+def whole_file_row(utt: str, audio: Path, raw_text: str, speaker: str, split: str,
+                   rejected: list[Rejection], **attributes: object) -> dict | None:
+    """The pending manifest row of an utterance that is a whole audio file (its duration comes
+    from probing), or None with a Rejection when nothing is left of its text after normalising."""
+    text = normalize_text(raw_text)
+    if not text:
+        rejected.append(Rejection(utt, str(audio), "empty transcript"))
+        return None
+    return {"id": utt, "audio": str(audio), "start": 0.0, "end": None, "speaker": speaker,
+            "text": text, "split": split, **attributes}
 
 
 def rows_with_durations(pending: list[dict], rejected: list[Rejection], verify: str, num_workers: int,

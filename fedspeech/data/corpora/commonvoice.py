@@ -1,6 +1,6 @@
 """Mozilla Common Voice: `<cv-corpus>/<locale>/clips/*.mp3` + `train.tsv`, `dev.tsv`, `test.tsv`.
 
-`root` is the `cv-corpus-<version>/` folder. The speaker is the contributor's `client_id`
+`root` is the `cv-corpus-<version>/` folder or its `<locale>/` folder. The speaker is the contributor's `client_id`
 (an anonymous hash), kept also as the `client_id` column, with gender, age and accent where the
 contributor gave them. Common Voice is handed out only after accepting Mozilla's terms, so
 `download` works from an archive the user obtained, never from a fixed URL.
@@ -48,6 +48,22 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
         return rows
 
 
+def locale_folder(root: Path, locale: str) -> Path:
+    """`<root>/<locale>/`, or `root` itself when it is already that locale's folder."""
+    if (root / locale).is_dir():
+        return root / locale
+    if (root / "clips").is_dir() or any(root.glob("*.tsv")):
+        if root.name != locale:
+            raise CorpusLayoutError(f"{root} is the Common Voice folder of locale {root.name!r}, "
+                                    f"not of locale {locale!r}: set locale={root.name} or point "
+                                    f"root at {root.parent / locale}")
+        return root
+    found = sorted(p.name for p in root.iterdir() if (p / "clips").is_dir()) if root.is_dir() else []
+    raise CorpusLayoutError(f"Common Voice locale folder {root / locale} not found; expected "
+                            f"`<cv-corpus>/{locale}/clips/*.mp3` with `train.tsv` etc. "
+                            f"(locales present: {found or 'none'})")
+
+
 def read_corpus(root: str | Path, locale: str = "en", splits: dict[str, str] | None = None,
                 verify: str = "tail", num_workers: int = 4) -> CorpusRows:
     """Read one Common Voice locale into manifest rows (+ rejections with reasons).
@@ -61,13 +77,7 @@ def read_corpus(root: str | Path, locale: str = "en", splits: dict[str, str] | N
     bad = sorted(set(splits) - set(_PRIORITY))
     if bad:
         raise ValueError(f"unknown split names {bad}; use train/dev/test")
-    locale_dir = root / locale
-    if not locale_dir.is_dir():
-        found = sorted(p.name for p in root.iterdir() if (p / "clips").is_dir()) \
-            if root.is_dir() else []
-        raise CorpusLayoutError(f"Common Voice locale folder {locale_dir} not found; expected "
-                                f"`<cv-corpus>/{locale}/clips/*.mp3` with `train.tsv` etc. "
-                                f"(locales present: {found or 'none'})")
+    locale_dir = locale_folder(root, locale)
     clips = locale_dir / "clips"
     if not clips.is_dir():
         raise CorpusLayoutError(f"{clips} not found: the locale folder must hold `clips/`")

@@ -9,11 +9,10 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from fedspeech.data.corpora.common import (CorpusLayoutError, rows_with_durations,
-                                           require_dir)
+from fedspeech.data.corpora.common import (CorpusLayoutError, require_dir, rows_with_durations,
+                                           whole_file_row)
 from fedspeech.data.download import Archive, fetch_and_extract
 from fedspeech.data.manifest import CorpusRows, Rejection
-from fedspeech.data.text import normalize_text
 
 BASE_URL = "https://www.openslr.org/resources/12"
 # md5 sums as published by OpenSLR for SLR12 (resources/12/md5sum.txt).
@@ -130,13 +129,10 @@ def read_corpus(root: str | Path, subsets: list[str] | None = None, verify: str 
                 rejected.append(Rejection(utt, str(flacs[utt]), why))
             for utt, raw in texts.items():
                 audio = flacs.get(utt, chapter_dir / f"{utt}.flac")
-                text = normalize_text(raw)
-                if not text:
-                    rejected.append(Rejection(utt, str(audio), "empty transcript"))
-                    continue
-                pending.append({"id": utt, "audio": str(audio), "start": 0.0, "end": None,
-                                "speaker": speaker, "text": text, "split": split,
-                                "gender": genders.get(speaker, ""), "chapter": chapter})
+                row = whole_file_row(utt, audio, raw, speaker, split, rejected,
+                                     gender=genders.get(speaker, ""), chapter=chapter)
+                if row is not None:
+                    pending.append(row)
 
     return rows_with_durations(pending, rejected, verify, num_workers, "LibriSpeech audio")
 

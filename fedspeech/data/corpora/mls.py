@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedspeech.data.corpora.common import CorpusLayoutError, rows_with_durations
+from fedspeech.data.corpora.common import CorpusLayoutError, rows_with_durations, whole_file_row
 from fedspeech.data.download import Archive, fetch_and_extract
 from fedspeech.data.manifest import CorpusRows, Rejection
-from fedspeech.data.text import normalize_text
 
 LANGUAGES = ("english", "german", "dutch", "french", "spanish", "italian", "portuguese", "polish")
 SPLITS = ("train", "dev", "test")
@@ -104,14 +103,10 @@ def _read_language(language: str, folder: Path, rejected: list[Rejection]) -> li
         for utt, raw in texts.items():
             speaker, book, _ = utt.split("_")
             audio = audio_files.get(utt, split_dir / "audio" / speaker / book / f"{utt}{ext}")
-            text = normalize_text(raw)
-            if not text:
-                rejected.append(Rejection(utt, str(audio), "empty transcript"))
-                continue
-            pending.append({"id": utt, "audio": str(audio), "start": 0.0, "end": None,
-                            "speaker": speaker, "text": text, "split": split,
-                            "gender": genders.get(speaker, ""), "language": language,
-                            "book": book})
+            row = whole_file_row(utt, audio, raw, speaker, split, rejected,
+                                 gender=genders.get(speaker, ""), language=language, book=book)
+            if row is not None:
+                pending.append(row)
     return pending
 
 

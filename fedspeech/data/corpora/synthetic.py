@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -37,6 +35,7 @@ import torchaudio
 from fedspeech.data.corpora import espeak
 from fedspeech.data.corpora.sentences import generate_sentences, spoken_form
 from fedspeech.data.manifest import CorpusRows
+from fedspeech.files import atomic_write_text
 
 FORMAT_VERSION = 1
 SAMPLE_RATE = 16000
@@ -255,13 +254,6 @@ def synthesize_utterance(utt: Utterance, speaker: Speaker, seed: int,
     return (resampler or _Resampler())(frame_silence(raw))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def _speakers_txt(speakers: list[Speaker], minutes: dict[str, float]) -> str:
     lines = ["; Synthetic speakers: eSpeak NG voice+variant, pitch, range and rate (wpm) in NAME.",
              "; SUBSET is where the speaker's training audio is (test-only speakers: test-synthetic);",
@@ -320,7 +312,7 @@ def _synthesize_all(root: Path, speakers: list[Speaker], per_speaker: dict[str, 
                 f"{utt.id} {utt.text.upper()}")
             seconds[spk.id][utt.subset] = seconds[spk.id].get(utt.subset, 0.0) + len(audio) / SAMPLE_RATE
         for path, lines in transcripts.items():
-            _write_text_atomic(path, "\n".join(lines) + "\n")
+            atomic_write_text(path, "\n".join(lines) + "\n")
         dt = time.perf_counter() - t0
         print(f"[synthetic] speaker {k}/{len(speakers)} {spk.id} ({spk.voice}+{spk.variant}, "
               f"{'seen' if spk.seen else 'unseen'}): {len(per_speaker[spk.id])} utts, "
@@ -364,7 +356,7 @@ def synthesize_corpus(root: str | Path, num_train_speakers: int = 18, num_unseen
     elapsed = time.perf_counter() - start
     minutes = {s.id: seconds[s.id].get(SUBSETS["train" if s.seen else "test"], 0.0) / 60
                for s in speakers}
-    _write_text_atomic(root / "SPEAKERS.TXT", _speakers_txt(speakers, minutes))
+    atomic_write_text(root / "SPEAKERS.TXT", _speakers_txt(speakers, minutes))
     total_seconds = sum(sum(v.values()) for v in seconds.values())
     stats = {
         "utterances": {sub: sum(u.subset == sub for u in plan) for sub in SUBSETS.values()},
@@ -375,7 +367,7 @@ def synthesize_corpus(root: str | Path, num_train_speakers: int = 18, num_unseen
     }
     meta = {"parameters": params, "generator": settings, "stats": stats,
             "speakers": [asdict(s) for s in speakers]}
-    _write_text_atomic(root / "corpus.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(root / "corpus.json", json.dumps(meta, indent=2) + "\n")
     print(f"[synthetic] done: {len(plan)} utterances, {total_seconds / 3600:.2f} h of audio in "
           f"{elapsed:.0f} s ({stats['real_time_factor']:.0f}x real time, "
           f"{len(plan) / max(elapsed, 1e-9):.0f} utt/s)")

@@ -106,8 +106,8 @@ class Partitioner:
                 all_rows: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame | None, dict]:
         raise NotImplementedError
 
-    def split(self, train: pd.DataFrame, seed: int) -> Assignment:
-        """Label the train rows, with every left-out row listed in `excluded`."""
+    def assign(self, train: pd.DataFrame, seed: int) -> Assignment:
+        """Assign the train rows to clients, with every left-out row listed in `excluded`."""
         check_train(train)
         duration = pd.to_numeric(train["duration"], errors="coerce")
         missing = duration.isna()
@@ -149,10 +149,6 @@ class Partitioner:
         full = pd.Series([None] * len(train), index=train.index, dtype=object)
         full.loc[rows.index] = labels
         return Assignment(full, excluded, info)
-
-    def assign(self, train: pd.DataFrame, seed: int) -> pd.Series:
-        """Client label per train row (index aligned with `train`); None for excluded rows."""
-        return self.split(train, seed).labels
 
 
 def check_train(train: pd.DataFrame) -> None:

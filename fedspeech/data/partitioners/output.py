@@ -3,47 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fedspeech.files import atomic_write_text, atomic_write_with
+
 from .base import MAX_LISTED_SPEAKERS, Partitioner, PartitionError, natural_key
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; partitions are shared data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _plot_sizes(minutes: np.ndarray, title: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.hist(minutes, bins=min(50, max(5, len(minutes) // 4)), color="tab:blue", edgecolor="white")
-    ax.axvline(float(np.median(minutes)), color="tab:red", linestyle="--",
-               label=f"median {np.median(minutes):.1f} min")
-    ax.set_xlabel("training audio per client (minutes)")
-    ax.set_ylabel("number of clients")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
 
 
 def write_partition(manifest: pd.DataFrame, partitioner: Partitioner, seed: int, out_dir: str | Path) -> dict:
@@ -53,7 +21,7 @@ def write_partition(manifest: pd.DataFrame, partitioner: Partitioner, seed: int,
     if "split" not in manifest.columns:
         raise PartitionError("the manifest has no 'split' column")
     train = manifest[manifest["split"] == "train"]
-    assignment = partitioner.split(train, seed)
+    assignment = partitioner.assign(train, seed)
     kept = assignment.labels.notna()
     labels = assignment.labels[kept].map(str)
     order = sorted(labels.unique(), key=natural_key)
@@ -98,11 +66,11 @@ def write_partition(manifest: pd.DataFrame, partitioner: Partitioner, seed: int,
         "info": _jsonable(assignment.info),
         "clients": per_client,
     }
-    _atomic(out_dir / "clients.csv", lambda tmp: clients.to_csv(tmp, index=False))
-    _atomic(out_dir / "excluded.csv", lambda tmp: excluded.to_csv(tmp, index=False))
-    _atomic(out_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
-    _plot_sizes(minutes, f"{partitioner.name}: {len(order)} clients, {seconds.sum() / 3600:.1f} h (seed {seed})",
-                out_dir / "client_sizes.png")
+    atomic_write_with(out_dir / "clients.csv", lambda tmp: clients.to_csv(tmp, index=False))
+    atomic_write_with(out_dir / "excluded.csv", lambda tmp: excluded.to_csv(tmp, index=False))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    from fedspeech.analysis.plots import plot_client_sizes   # matplotlib only when writing
+    plot_client_sizes(summary, [], out_dir / "client_sizes.png")
     _print_summary(summary, out_dir)
     return summary
 

@@ -1,4 +1,5 @@
-"""Small random SSL encoders saved like hub checkpoints, and the shapes of the real large ones.
+"""Test fixture: small random SSL encoders saved like hub checkpoints, and the shapes of the
+real large ones.
 
 No weights are downloaded in tests: `save_tiny_encoder` writes a randomly initialised encoder of
 the same architecture (config.json + weights + preprocessor_config.json) that `SSLCTC` loads
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
+from fedspeech.seeding import torch_seeded
 
 Kind = Literal["wav2vec2", "hubert", "wavlm"]
 KINDS: tuple[Kind, ...] = ("wav2vec2", "hubert", "wavlm")
@@ -68,8 +71,9 @@ def save_tiny_encoder(kind: Kind, out_dir: str | Path, *, layer_norm: bool = Tru
     _, model_cls = _classes(kind)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model_cls(tiny_config(kind, layer_norm, **overrides)).save_pretrained(out)
+    with torch_seeded(seed):
+        model = model_cls(tiny_config(kind, layer_norm, **overrides))
+    model.save_pretrained(out)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0,
                              do_normalize=layer_norm,
                              return_attention_mask=layer_norm).save_pretrained(out)
