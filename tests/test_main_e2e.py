@@ -16,7 +16,7 @@ def test_federated_run_writes_run_dir(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *TINY_RUN,
                       "num_rounds=2", "strategy.num_train_nodes=2", "client_resources.num_cpus=1",
-                      f"hydra.run.dir={run_dir}")
+                      "train.speed_perturb=[0.9,1.0,1.1]", f"hydra.run.dir={run_dir}")
     assert "[round 2/2]" in proc.stdout
     for name in (".hydra/config.yaml", "history.json", "speakers.csv", "plots/wer.png",
                  "plots/speakers.png"):
