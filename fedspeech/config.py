@@ -89,7 +89,7 @@ def describe(err: OmegaConfBaseException) -> str:
     if isinstance(err, MissingMandatoryValue):
         return f"{key}: is required (no value given)"
     if isinstance(err, ConfigKeyError) and schema is not None and hasattr(schema, "__dataclass_fields__"):
-        allowed = [k for k in schema.__dataclass_fields__ if k != "_target_"]
+        allowed = [k for k in schema.__dataclass_fields__ if k not in ("_target_", "_partial_")]
         return f"{key}: unknown key; {schema.__name__} takes: {', '.join(allowed)}"
     annotation = _annotation(err)
     value = re.search(r"Value '(.*)' of type", first)

@@ -19,7 +19,8 @@ from fedspeech.schema.datasets import DOWNLOADERS, READERS
 from fedspeech.schema.logger import LOGGERS
 from fedspeech.schema.models import MODELS
 from fedspeech.schema.partitioners import PARTITIONERS
-from fedspeech.schema.strategy import BUILDERS, SCHEDULES
+from fedspeech.schema.strategy import BUILDERS, FLOWER_STRATEGIES, SCHEDULES
+from fedspeech.schema.tasks import TASKS
 
 NEEDS_ROOT = {"commonvoice", "librispeech", "mls", "tedlium3"}
 
@@ -30,7 +31,7 @@ def _choices(group: str) -> list[str]:
 
 def _group_overrides() -> list[list[str]]:
     cases = []
-    for group in ("model", "dataset", "partitioner", "strategy", "strategy/dp", "logger"):
+    for group in ("model", "dataset", "partitioner", "strategy", "strategy/dp", "logger", "task", "faults"):
         for choice in _choices(group):
             extra = ["dataset.root=/corpora/x"] if group == "dataset" and choice in NEEDS_ROOT else []
             cases.append([f"{group}={choice}", *extra])
@@ -43,7 +44,7 @@ def _group_overrides() -> list[list[str]]:
 def test_every_shipped_config_validates(overrides):
     typed = validate_config(compose_config(overrides))
     group, choice = overrides[0].split("=")
-    if group in ("model", "dataset", "partitioner", "strategy", "logger"):
+    if group in ("model", "dataset", "partitioner", "strategy", "logger", "task", "faults"):
         assert typed[group].name == choice
 
 
@@ -57,6 +58,16 @@ def test_every_shipped_config_validates(overrides):
     (["+partitioner.num_client=3", "partitioner=iid"], "partitioner.num_client: unknown key"),
     (["strategy=fedadam", "strategy.builder.beta_1=high"], "strategy.builder.beta_1: 'high' is not a number"),
     (["strategy=fedlamb", "+strategy.builder.eta.warmup=3"], "strategy.builder.eta.warmup: unknown key"),
+    (["strategy=fedavgm", "strategy.builder.server_momentum=much"],
+     "strategy.builder.server_momentum: 'much' is not a number"),
+    (["strategy=krum", "+strategy.builder.flower.num_malicious_node=1"],
+     "strategy.builder.flower.num_malicious_node: unknown key; Krum takes: num_malicious_nodes"),
+    (["strategy=dp_adaptive", "+strategy.builder.wraps.fraction_train=0.5"],
+     "strategy.builder.wraps.fraction_train: unknown key; FedAvg takes:"),
+    (["strategy=krum", "strategy.builder.flower._target_=flwr.serverapp.strategy.Krumm"],
+     "strategy.builder.flower._target_: no schema for 'flwr.serverapp.strategy.Krumm'"),
+    (["+task.stage=2"], "task.stage: unknown key; ASRTask takes: name"),
+    (["faults.crash_prob=often"], "faults.crash_prob: 'often' is not a number"),
     (["+strategy.fracton_train=0.5"], "strategy.fracton_train: unknown key; StrategyConfig"),
     (["strategy.dp.noise_multiplier=lots"], "strategy.dp.noise_multiplier: 'lots' is not a number"),
     (["logger=wandb", "+logger.projekt=x"], "logger.projekt: unknown key; WandbLogger takes: name, project"),
@@ -89,7 +100,7 @@ def test_typed_view_converts_and_resolves():
     assert typed.strategy.fraction_train == 0.5 and list(typed.train.speed_perturb) == [0.9, 1.1]
     assert typed.strategy.client_lr.value == typed.train.lr           # ${train.lr}, resolved
     assert Path(typed.paths.partition) == Path(typed.paths.data) / "synthetic" / "partitions" / "speaker"
-    assert typed.faults.crash_prob == 0.0 and typed.task == "asr" and typed.record_updates is False
+    assert typed.faults.crash_prob == 0.0 and typed.task.name == "asr" and typed.record_updates is False
 
 
 # ---- the schemas describe the classes they configure -------------------------------------------
@@ -111,8 +122,8 @@ def _fields(schema: type) -> set[str]:
 RUNTIME = {"tokenizer", "llm_tokenizer", "root"}
 
 
-@pytest.mark.parametrize("table", [MODELS, READERS, DOWNLOADERS, PARTITIONERS, SCHEDULES],
-                         ids=["models", "readers", "downloaders", "partitioners", "schedules"])
+@pytest.mark.parametrize("table", [MODELS, READERS, DOWNLOADERS, PARTITIONERS, SCHEDULES, TASKS],
+                         ids=["models", "readers", "downloaders", "partitioners", "schedules", "tasks"])
 def test_schema_keys_are_the_targets_parameters(table):
     from fedspeech.models.ssl_ctc import CONFIG_OVERRIDES
 
@@ -126,6 +137,15 @@ def test_schema_keys_are_the_targets_parameters(table):
 def test_builder_keys_are_accepted_by_the_strategy():
     for target, schema in BUILDERS.items():
         assert _fields(schema) <= _accepted(target), target
+
+
+def test_flower_strategies_take_their_own_hyper_parameters():
+    krum = FLOWER_STRATEGIES["flwr.serverapp.strategy.Krum"]
+    assert _fields(krum) == {"_partial_", "num_malicious_nodes"}
+    assert {"server_learning_rate", "server_momentum"} <= _fields(
+        FLOWER_STRATEGIES["flwr.serverapp.strategy.FedAvgM"])
+    for target in FLOWER_STRATEGIES:
+        assert _fields(FLOWER_STRATEGIES[target]) - {"_partial_"} <= _accepted(target), target
 
 
 def test_logger_schemas_are_the_config_files():

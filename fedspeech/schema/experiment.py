@@ -11,6 +11,7 @@ from fedspeech.schema.models import MODELS
 from fedspeech.schema.partitioners import PARTITIONERS
 from fedspeech.schema.slots import slot
 from fedspeech.schema.strategy import StrategyConfig
+from fedspeech.schema.tasks import TASKS
 
 
 @dataclass
@@ -81,7 +82,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logger: Any = slot(LOGGERS, by="name")     # null = no tracking
     faults: FaultsConfig = field(default_factory=FaultsConfig)
-    task: Any = "asr"                   # asr | pretrain | distill (a group once tasks have keys)
+    task: Any = slot(TASKS)
     seed: int = 0
     num_rounds: int = 35
     federated: bool = True
