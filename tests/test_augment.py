@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -14,11 +12,10 @@ from fedspeech.augment import SpeedPerturbation
 from fedspeech.config import compose_config
 from fedspeech.data.audio import SAMPLE_RATE, AudioCache
 from fedspeech.data.batching import Batch, UtteranceLoader
-from fedspeech.data.text import CharTokenizer, normalize_text
+from fedspeech.data.text import CharTokenizer
 from fedspeech.models.factory import build_model, cached_model
 from fedspeech.training import train_local
-
-LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "LibriSpeech"
+from real_librispeech import shortest_rows
 
 
 def tone_batch(hz: float = 440.0, seconds: tuple[float, ...] = (1.0, 0.5)) -> Batch:
@@ -62,19 +59,7 @@ def test_draws_are_seeded_and_leave_the_global_rng_alone():
 
 
 def test_train_local_with_speed_perturbation_on_real_audio():
-    if not LIBRISPEECH.is_dir():
-        pytest.skip(f"real sample data not found at {LIBRISPEECH}")
-    import soundfile as sf
-
-    records = []
-    for trans in sorted(LIBRISPEECH.rglob("*.trans.txt")):
-        for line in trans.read_text().splitlines():
-            uid, text = line.split(" ", 1)
-            audio = trans.parent / f"{uid}.flac"
-            records.append({"id": uid, "audio": str(audio), "start": 0.0, "end": math.nan,
-                            "duration": sf.info(str(audio)).duration, "speaker": uid.split("-")[0],
-                            "text": normalize_text(text), "split": "train"})
-    rows = pd.DataFrame(records).sort_values("duration").head(2)      # the two shortest
+    rows = shortest_rows(2)
     tok = CharTokenizer.from_texts(rows["text"])
     cfg = compose_config(["model.hidden_size=16", "model.num_layers=1", "model.conv_channels=4"])
     model = build_model(cfg.model, tok, seed=0)

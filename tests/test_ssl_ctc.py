@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from fedspeech import CONFIG_DIR
 from fedspeech.data.audio import AudioCache
 from fedspeech.data.batching import Batch, UtteranceLoader
-from fedspeech.data.text import CharTokenizer, normalize_text
+from fedspeech.data.text import CharTokenizer
 from fedspeech.federation.parameters import load_record, record_nbytes, to_record
 from fedspeech.models.factory import build_model
 from fedspeech.models.ssl_ctc import SSLCTC
 from fedspeech.training import train_local
+from real_librispeech import shortest_rows
 from tiny_pretrained import KINDS, PRETRAINED, large_config, meta_encoder, save_tiny_encoder
 
-LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "LibriSpeech"
 CPU = torch.device("cpu")
 
 
@@ -37,18 +37,7 @@ def offline(monkeypatch):
 @pytest.fixture(scope="module")
 def rows() -> pd.DataFrame:
     """The two shortest real LibriSpeech utterances (2.1 s and 3.3 s) as manifest rows."""
-    if not LIBRISPEECH.is_dir():
-        pytest.skip(f"real sample data not found at {LIBRISPEECH}")
-    import soundfile as sf
-    records = []
-    for trans in LIBRISPEECH.rglob("*.trans.txt"):
-        for line in trans.read_text().splitlines():
-            uid, text = line.split(" ", 1)
-            audio = trans.parent / f"{uid}.flac"
-            records.append({"id": uid, "audio": str(audio), "start": 0.0, "end": math.nan,
-                            "duration": sf.info(str(audio)).duration, "speaker": uid.split("-")[0],
-                            "text": normalize_text(text), "split": "train"})
-    return pd.DataFrame(records).sort_values("duration").head(2).reset_index(drop=True)
+    return shortest_rows(2)
 
 
 @pytest.fixture(scope="module")
