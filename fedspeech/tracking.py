@@ -76,7 +76,16 @@ class WandbLogger(RunLogger):
         self._run.log(scalars(record), step=int(round))
 
     def close(self) -> None:
+        """Finish the run and stop W&B's service process.
+
+        In offline mode `finish()` can return before the service has written the run's records
+        to `run-*.wandb` (wandb 0.31: a 7-byte header, the rest a moment later); `teardown()`
+        waits for the service to exit, so the run folder is complete when `close()` returns.
+        """
+        import wandb
+
         self._run.finish()
+        wandb.teardown()
 
 
 def make_logger(cfg: DictConfig, run_dir: Path) -> RunLogger:
