@@ -36,6 +36,10 @@ class ExperimentData:
         """The manifest rows of one client (checked: the client exists, all its rows are there)."""
         return client_rows(self.manifest, self.clients, client)
 
+    def speakers_of(self, client: int) -> list[str]:
+        """The speakers of one client (names a recorded update's speakers)."""
+        return sorted(set(self.client_rows(client)["speaker"]))
+
     def train_rows(self) -> pd.DataFrame:
         """Every utterance of the partition (the pooled data of the centralised baseline)."""
         return self.manifest.loc[self.manifest["id"].isin(set(self.clients["id"]))]

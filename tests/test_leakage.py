@@ -14,16 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.numpy import load_file
 
 from conftest import TINY_CORPUS, TINY_RUN, run_module
-from fedspeech import CONFIG_DIR
 from fedspeech.analysis.leakage.attacks import gender_attack, speaker_verification
 from fedspeech.analysis.leakage.layers import layer_taps
 from fedspeech.analysis.leakage.report import Options, analyse_run, layer_order
-from fedspeech.config import ConfigError, validate_config
+from fedspeech.config import ConfigError, compose_config, validate_config
 from fedspeech.data.batching import Batch
 from fedspeech.data.text import CharTokenizer
 from fedspeech.experiment_data import load_experiment_data
@@ -46,8 +44,7 @@ def one_thread():
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 def noise_batch(lengths: tuple[int, ...] = (16_000, 11_000), seed: int = 0) -> Batch:
@@ -146,7 +143,7 @@ def test_tiny_layers_split_the_gru_exactly_and_own_every_parameter():
 
 def test_ssl_layers_are_features_each_transformer_layer_and_head(tmp_path):
     from fedspeech.models.ssl_ctc import SSLCTC
-    from fedspeech.models.tiny_pretrained import save_tiny_encoder
+    from tiny_pretrained import save_tiny_encoder
 
     path = save_tiny_encoder("wav2vec2", tmp_path / "w2v")
     model = SSLCTC(TOKENIZER, pretrained=str(path), local_files_only=True).eval()

@@ -115,8 +115,7 @@ def analyse_run(run_dir: Path, options: Options = Options(), verbose: bool = Tru
     data = load_experiment_data(cfg)
     if options.threads:
         torch.set_num_threads(int(options.threads))
-    torch.manual_seed(options.seed)
-    model = build_model(cfg.model, data.tokenizer)
+    model = build_model(cfg.model, data.tokenizer, seed=options.seed)
     taps = layer_taps(model)
     indicator = indicator_rows(data, options.indicator)
     batches = indicator_batches(indicator, data, options.batch_seconds)
