@@ -22,6 +22,7 @@ from fedspeech.experiment_data import ExperimentData
 from fedspeech.federation.round_loop import RoundOutcome
 from fedspeech.files import atomic_write_text
 from fedspeech.metrics import per_speaker
+from fedspeech.tracking import make_logger
 
 SPEAKER_COLUMNS = ["speaker", "n_utts", "seconds", "rounds_participated", "seen_in_training",
                    "train_seconds", "train_utts", "wer", "cer"]
@@ -54,6 +55,8 @@ class RunRecorder:
         self.verbose = bool(cfg.get("verbose", True))
         #: node id -> partition id, once the nodes reported it
         self.node_partitions: dict[int, int] = {}
+        #: experiment tracking (`logger=none|tensorboard|wandb`): every round's numbers
+        self.logger = make_logger(cfg, self.run_dir)
         train = data.train_rows()
         self.train_by_speaker = train.groupby("speaker")["duration"].agg(["count", "sum"])
         client_of = data.clients.set_index("id")["client"]
@@ -91,6 +94,7 @@ class RunRecorder:
                              "train_seconds": 0.0, "bytes_up": 0, "bytes_down": 0,
                              "wall_s": 0.0, "elapsed_s": round(self.elapsed(), 2)})
         self._write_history()
+        self.logger.log_round(0, self.history[-1])
         if self.verbose:
             print(f"[round 0/{self.cfg.num_rounds}] initial model: WER {metrics.get('wer', float('nan')):.3f}",
                   flush=True)
@@ -160,6 +164,7 @@ class RunRecorder:
 
     def _finish_round(self, record: dict[str, Any], records: pd.DataFrame | None) -> None:
         self.history.append(record)
+        self.logger.log_round(int(record["round"]), record)
         if records is not None:
             self.last_records = records
             self.write_speakers()
@@ -208,8 +213,9 @@ class RunRecorder:
         atomic_write_text(self.run_dir / "speakers.csv", self.speaker_table().to_csv(index=False))
 
     def finish(self) -> None:
-        """Draw the plots and print the last line."""
+        """Draw the plots, close the tracking logger and print the last line."""
         from fedspeech.analysis.plots import plot_run
+        self.logger.close()
         plot_run(self.run_dir)
         if self.verbose and self.history:
             last = self.history[-1]

@@ -16,8 +16,15 @@ def test_federated_run_writes_run_dir(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *TINY_RUN,
                       "num_rounds=2", "strategy.num_train_nodes=2", "client_resources.num_cpus=1",
-                      "train.speed_perturb=[0.9,1.0,1.1]", f"hydra.run.dir={run_dir}")
+                      "train.speed_perturb=[0.9,1.0,1.1]", "logger=tensorboard",
+                      f"hydra.run.dir={run_dir}")
     assert "[round 2/2]" in proc.stdout
+    # the run's own TensorBoard events hold every round's WER, as history.json does
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("wer")}
+    assert logged == pytest.approx({h["round"]: h["wer"] for h in read_history(run_dir)})
     for name in (".hydra/config.yaml", "history.json", "speakers.csv", "plots/wer.png",
                  "plots/speakers.png"):
         assert (run_dir / name).is_file(), name

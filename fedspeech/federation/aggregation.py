@@ -10,9 +10,11 @@ Integer addition is associative, so the total is a function of the *set* of repl
 The grid is set by a bound on the values (`value_bounds`, enforced by screening) and a bound on
 the total weight (`weight_bound`): with `B` the value bound of a tensor and `W` the weight
 bound, every partial sum stays below `2**61` grid steps, and a step is at most `B * W / 2**60`.
-Each term is rounded once to float32 (relative error 2**-24, what a float32 weighted mean has
-anyway) and truncated onto the grid (at most one step, ~1e-16 of the bound): far below the
-float32 resolution of the model itself. Costs a value check and two passes over each reply
+Each term's factor `w * scale` and its product with `x` are rounded to float32 (relative error
+2**-24 each, what a float32 weighted mean has anyway) and truncated onto the grid (at most one
+step, ~1e-16 of the bound); `mean` divides by the sum of the rounded factors. Its error is thus
+below `3 * 2**-24 * sum(w|x|) / sum(w)` plus one grid step per term: far below the float32
+resolution of the model itself. Costs a value check and two passes over each reply
 tensor (scale-and-convert, integer add), split over threads for large tensors.
 """
 
