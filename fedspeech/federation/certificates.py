@@ -122,10 +122,11 @@ def _ca(now: datetime.datetime, days: int) -> tuple[ec.EllipticCurvePrivateKey, 
 
 
 def _server_cert(hosts: list[str], ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
-                 now: datetime.datetime, days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+                 now: datetime.datetime, days: int,
+                 loopback: bool) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(CURVE())
     names: list[x509.GeneralName] = []
-    for host in [*hosts, *LOOPBACK_NAMES]:
+    for host in [*hosts, *(LOOPBACK_NAMES if loopback else ())]:
         entry = host_entry(host)
         if entry not in names:
             names.append(entry)
@@ -164,8 +165,13 @@ def fingerprint(public_key_line: bytes | str) -> str:
 
 
 def create_federation(root: Path, superlink_hosts: list[str], *, supernodes: int = 2,
-                      days: int = 365, overwrite: bool = False) -> FederationFiles:
-    """Write a CA, a SuperLink certificate for `superlink_hosts` and `supernodes` key pairs."""
+                      days: int = 365, overwrite: bool = False,
+                      loopback: bool = True) -> FederationFiles:
+    """Write a CA, a SuperLink certificate for `superlink_hosts` and `supernodes` key pairs.
+
+    `loopback=False` leaves 127.0.0.1/localhost out: only for a SuperLink started with `--host`
+    set to one of `superlink_hosts`, whose executor then connects to that address instead.
+    """
     if not superlink_hosts:
         raise ValueError("give the SuperLink's host name or IP address (--superlink-host)")
     if supernodes < 0:
@@ -178,7 +184,7 @@ def create_federation(root: Path, superlink_hosts: list[str], *, supernodes: int
                               "certificates made with the first (pass --overwrite to replace it)")
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key, ca_cert = _ca(now, days)
-    link_key, link_cert = _server_cert(list(superlink_hosts), ca_key, ca_cert, now, days)
+    link_key, link_cert = _server_cert(list(superlink_hosts), ca_key, ca_cert, now, days, loopback)
     _write(root / CA_KEY, _pem_key(ca_key), PRIVATE_MODE)
     _write(root / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
     _write(root / SUPERLINK_KEY, _pem_key(link_key), PRIVATE_MODE)
@@ -200,16 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supernodes", type=int, default=2, help="SuperNode key pairs to make")
     parser.add_argument("--days", type=int, default=365, help="validity of the certificates")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CA")
+    parser.add_argument("--no-loopback", action="store_true",
+                        help="leave 127.0.0.1 and localhost out of the SuperLink certificate (only "
+                             "when flower-superlink --host is one of the --superlink-host values)")
     args = parser.parse_args(argv)
     try:
         files = create_federation(args.dir, args.superlink_host, supernodes=args.supernodes,
-                                  days=args.days, overwrite=args.overwrite)
+                                  days=args.days, overwrite=args.overwrite,
+                                  loopback=not args.no_loopback)
     except (ValueError, FileExistsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"CA:                {files.ca_cert}  (private key {files.root / CA_KEY}, keep it offline)")
     print(f"SuperLink:         {files.superlink_cert}, {files.superlink_key}  "
-          f"for {', '.join(args.superlink_host)} (+ {', '.join(LOOPBACK_NAMES)})")
+          f"for {', '.join(args.superlink_host)}"
+          + ("" if args.no_loopback else f" (+ {', '.join(LOOPBACK_NAMES)})"))
     for key in files.supernode_keys:
         pub = public_key_path(key)
         print(f"SuperNode key:     {key}  public {pub}  {fingerprint(pub.read_bytes())}")
