@@ -2,8 +2,9 @@
 
 One SuperLink (TLS + `--enable-supernode-auth`) serves every case, to keep start-up paid once:
 two SuperNodes whose keys were registered with `flwr supernode register` run a 2-round `flwr run`,
-while three others try to join at the same time and must fail — one with a key nobody registered,
-one without the CA certificate, one in `--insecure` mode. Every process is started here and ended
+while four others try to join at the same time and must fail — one with a key nobody registered,
+one with no key (which, without authentication, would register itself), one without the CA
+certificate, one in `--insecure` mode. Every process is started here and ended
 here; each wait is bounded.
 """
 
@@ -73,7 +74,7 @@ def federation(tmp_path_factory) -> FederationResult:
     registered, unregistered = certs.supernode_keys[:2], certs.supernode_keys[2]
     # the checks a user runs before starting anything (tls_check); they raise on bad files
     check_superlink(ca, certs.superlink_cert, certs.superlink_key, host="127.0.0.1")
-    port, *node_ports = free_ports(6)
+    port, *node_ports = free_ports(7)
     address = f"127.0.0.1:{port}"
     dep = Deployment(root)
     dep.write_connection(CONNECTION, address, ca)
@@ -103,6 +104,8 @@ def federation(tmp_path_factory) -> FederationResult:
         dep.start("unregistered", *common, "--port", str(node_ports[2]), *GIVE_UP,
                   "--root-certificates", str(ca), "--auth-supernode-private-key", str(unregistered),
                   "--node-config", "partition-id=0 num-partitions=2")
+        dep.start("keyless", *common, "--port", str(node_ports[5]), *GIVE_UP,
+                  "--root-certificates", str(ca), "--node-config", "partition-id=1 num-partitions=2")
         # a registered key, so TLS verification is the only thing in its way
         dep.start("no-ca", *common, "--port", str(node_ports[3]), *GIVE_UP,
                   "--auth-supernode-private-key", str(registered[0]),
@@ -118,7 +121,7 @@ def federation(tmp_path_factory) -> FederationResult:
         except subprocess.TimeoutExpired:
             run_rc = None
         exit_codes = {name: dep.wait_exit(name, REFUSED_EXIT_S)
-                      for name in ("unregistered", "no-ca", "insecure")}
+                      for name in ("unregistered", "keyless", "no-ca", "insecure")}
         exit_codes.update({f"supernode{i}": dep.procs[f"supernode{i}"].poll() for i in range(2)})
         listing = dep.run("list", [entry_point("flwr"), "supernode", "list", CONNECTION,
                                    "--format", "json"], cwd=root, timeout=60)
@@ -174,10 +177,20 @@ def test_unregistered_key_is_refused_by_the_superlink(federation):
     refusals = [line for line in federation.logs["superlink"].splitlines()
                 if "activate-node" in line and "No SuperNode found with the given public key" in line]
     assert any(first_line in line for line in refusals), federation.logs["superlink"][-4000:]
+    assert "SuperNode authentication is disabled" not in federation.logs["superlink"]
     # and the federation holds the two registered SuperNodes only
     assert len(federation.listed_nodes) == 2, federation.listed_nodes
     ids = {int(n["node_id"]) for n in federation.registry["nodes"]}
     assert {int(n["node-id"]) for n in federation.listed_nodes} == ids
+
+
+def test_supernode_without_a_key_cannot_register_itself(federation):
+    """Without authentication a keyless SuperNode registers itself; with it, the SuperLink refuses."""
+    log = federation.logs["keyless"]
+    assert federation.exit_codes["keyless"] not in (None, 0), log
+    assert "SuperNode ID" not in log
+    assert any("register-node" in line and "ApiError" in line and "/v1/fleet/" in line
+               for line in federation.logs["superlink"].splitlines()), federation.logs["superlink"][-4000:]
 
 
 def test_supernode_without_the_ca_fails_tls_verification(federation):
