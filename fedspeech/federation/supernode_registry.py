@@ -52,8 +52,8 @@ def register_key(public_key: Path, superlink: str) -> RegisteredNode:
     except ValueError:
         answer = {}
     if not answer.get("success") or "node-id" not in answer:
-        why = answer.get("error-message") or proc.stderr.strip() or proc.stdout.strip()
-        raise RuntimeError(f"{public_key}: `flwr supernode register` failed: {why}")
+        why = answer.get("error-message") or proc.stderr or proc.stdout
+        raise RuntimeError(f"{public_key}: `flwr supernode register` failed: {' '.join(why.split())}")
     return RegisteredNode(int(answer["node-id"]), print_, str(public_key.resolve()))
 
 
