@@ -28,6 +28,7 @@ PREPARE_STAGES = ("manifest", "partition")
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_SPLITS = ("train", "dev", "test", "ted_train_full5", "ted_train_wo5")
 WANDB_MODES = ("offline", "online", "disabled")
+SIMULATION_RUNTIMES = ("in_process", "flwr_run")
 
 
 class ConfigError(ValueError):
@@ -159,11 +160,30 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         _require(0 < strategy.fraction_train <= 1, "strategy.fraction_train",
                  f"must be in (0, 1], got {strategy.fraction_train}")
     _validate_update_recording(typed)
+    _validate_simulation(typed)
     if typed.logger is not None and typed.logger.name == "wandb":
         _one_of(typed.logger.mode, WANDB_MODES, "logger.mode")
     _require(not OmegaConf.is_missing(typed.dataset, "root") and typed.dataset.root != "", "dataset.root",
              f"is required for dataset {typed.dataset.name}: the corpus folder")
     return typed
+
+
+def _validate_simulation(typed: DictConfig) -> None:
+    sim = typed.simulation
+    _one_of(sim.runtime, SIMULATION_RUNTIMES, "simulation.runtime")
+    _require(sim.superlink_start_timeout_s > 0, "simulation.superlink_start_timeout_s",
+             f"must be > 0, got {sim.superlink_start_timeout_s}")
+    if sim.runtime == "flwr_run" and typed.federated:
+        # Flower's simulation config carries cpus/gpus only; the rest cannot reach ray.init
+        for key in ("object_store_memory",):
+            _require(typed.ray_init_args.get(key) is None, f"ray_init_args.{key}",
+                     "is not passed on by simulation.runtime=flwr_run (Flower's simulation config "
+                     "has no such field): leave it null or use simulation.runtime=in_process")
+        _require(float(typed.client_resources.num_cpus).is_integer(), "client_resources.num_cpus",
+                 "must be a whole number with simulation.runtime=flwr_run (Flower's simulation "
+                 f"config counts whole cpus), got {typed.client_resources.num_cpus}")
+        _require(not typed.ray_init_args.include_dashboard, "ray_init_args.include_dashboard",
+                 "is not passed on by simulation.runtime=flwr_run: use simulation.runtime=in_process")
 
 
 def _validate_update_recording(typed: DictConfig) -> None:

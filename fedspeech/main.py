@@ -1,7 +1,9 @@
 """`python -m fedspeech.main model=M dataset=D partitioner=P strategy=S [key=value ...]`.
 
 Composes the config, prepares data if needed, and runs the federated experiment as a Flower
-simulation on the Ray backend (or the centralised baseline with `federated=false`).
+simulation on the Ray backend (`federation/simulation.py`; `simulation.runtime` picks Flower's
+engine in this process or `flwr run` against a private local SuperLink), or the centralised
+baseline with `federated=false`.
 """
 
 from __future__ import annotations
@@ -23,30 +25,6 @@ from fedspeech.config import exit_on_config_error, register_resolvers, validate_
 from fedspeech.dataset_preparation import prepare  # noqa: E402
 
 
-def backend_config(cfg: DictConfig) -> dict:
-    """Ray backend settings for Flower: per-client resources and ray.init arguments."""
-    init_args = {k: v for k, v in OmegaConf.to_container(cfg.ray_init_args, resolve=True).items()
-                 if v is not None}
-    return {"client_resources": {"num_cpus": float(cfg.client_resources.num_cpus),
-                                 "num_gpus": float(cfg.client_resources.num_gpus)},
-            "init_args": init_args}
-
-
-def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
-    from fedspeech.experiment_data import load_experiment_data
-    from fedspeech.federation.client_app import make_client_app
-    from fedspeech.federation.server_app import make_server_app
-
-    num_clients = load_experiment_data(cfg).num_clients
-    print(f"federated run: {num_clients} clients, {cfg.num_rounds} rounds, strategy {cfg.strategy.name}, "
-          f"model {cfg.model.name}, client resources {dict(cfg.client_resources)} -> {run_dir}", flush=True)
-    flwr_run_simulation(server_app=make_server_app(cfg, run_dir), client_app=make_client_app(cfg),
-                        num_supernodes=num_clients, backend_name="ray",
-                        backend_config=backend_config(cfg))
-
-
 def quiet_library_logs() -> None:
     """Flower logs through its own handler; stop it repeating everything through Hydra's."""
     import logging
@@ -65,6 +43,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     prepare(cfg, force=bool(cfg.force_prepare), stages=tuple(cfg.prepare_stages))
     if cfg.federated:
+        from fedspeech.federation.simulation import run_simulation
         run_simulation(cfg, run_dir)
     else:
         from fedspeech.centralised import run_centralised

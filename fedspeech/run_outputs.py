@@ -20,10 +20,12 @@ from omegaconf import DictConfig
 
 from fedspeech.experiment_data import ExperimentData
 from fedspeech.federation.round_loop import RoundOutcome
+from fedspeech.federation.round_report import RoundReport
 from fedspeech.files import atomic_write_text
 from fedspeech.metrics import per_speaker
 from fedspeech.tracking import make_logger
 
+NODE_COLUMNS = ["round", "node_id", "partition_id", "public_key_fingerprint", "outcome"]
 SPEAKER_COLUMNS = ["speaker", "n_utts", "seconds", "rounds_participated", "seen_in_training",
                    "train_seconds", "train_utts", "wer", "cer"]
 
@@ -57,6 +59,10 @@ class RunRecorder:
         self.node_partitions: dict[int, int] = {}
         #: experiment tracking (`logger=none|tensorboard|wandb`): every round's numbers
         self.logger = make_logger(cfg, self.run_dir)
+        #: node id -> public-key fingerprint (deployments with SuperNode authentication); when
+        #: set, supernodes.csv records every sampled SuperNode of every round
+        self.node_keys: dict[int, str] | None = None
+        self.node_rows: list[dict[str, Any]] = []
         train = data.train_rows()
         self.train_by_speaker = train.groupby("speaker")["duration"].agg(["count", "sum"])
         client_of = data.clients.set_index("id")["client"]
@@ -70,12 +76,13 @@ class RunRecorder:
     def state(self) -> dict[str, Any]:
         return {"history": self.history,
                 "client_rounds": {str(k): v for k, v in self.client_rounds.items()},
-                "elapsed_s": self.elapsed()}
+                "elapsed_s": self.elapsed(), "node_rows": self.node_rows}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
         self.client_rounds = defaultdict(list, {int(k): list(v) for k, v in state.get("client_rounds", {}).items()})
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.node_rows = list(state.get("node_rows", []))
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.t_start
@@ -133,8 +140,24 @@ class RunRecorder:
         if "lr" in outcome.train_config:
             record["lr"] = float(outcome.train_config["lr"])
         self._add_aggregated(record, train)
+        if self.node_keys is not None and report is not None:
+            self._add_node_rows(report)
         self._finish_round(record, records)
         return record
+
+    def _add_node_rows(self, report: RoundReport) -> None:
+        """One supernodes.csv row per sampled SuperNode: who it is and whether its update counted."""
+        keys = self.node_keys or {}
+        accepted = set(report.accepted)
+        problems = report.problems()
+        for node in report.sampled:
+            self.node_rows.append({
+                "round": report.server_round, "node_id": node,
+                "partition_id": self.node_partitions.get(node, ""),
+                "public_key_fingerprint": keys.get(node, "not in the registry"),
+                "outcome": "accepted" if node in accepted else problems.get(node, "not counted")})
+        atomic_write_text(self.run_dir / "supernodes.csv",
+                          pd.DataFrame(self.node_rows, columns=NODE_COLUMNS).to_csv(index=False))
 
     @staticmethod
     def _client_compute(train: dict[str, Any]) -> float:

@@ -12,6 +12,10 @@ The config must be composed with `--resolve`: unresolved, `paths.*` would point 
 bundle's install directory. The file, and the data it names, must exist at the same path on the
 SuperLink's machine and on every SuperNode's. Each SuperNode holds one partition:
 `flower-supernode ... --node-config "partition-id=3 num-partitions=12"`.
+
+With SuperNode authentication, `supernode-registry="/abs/registry.json"` (written by
+`python -m fedspeech.federation.supernode_registry`) names each node id's public key, and the
+run dir gets supernodes.csv: round, node id, partition id, key fingerprint, outcome.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from fedspeech.config import register_resolvers, validate_config
 from fedspeech.federation.client_app import client_query, client_train
 from fedspeech.federation.server_app import run_federated
+from fedspeech.federation.supernode_registry import load_registry
 
 CONFIG_KEY = "fedspeech-config"
 RUN_DIR_KEY = "run-dir"
+REGISTRY_KEY = "supernode-registry"
 PARTITION_KEY = "partition-id"
 
 
@@ -66,6 +72,17 @@ def run_dir_from_context(cfg: DictConfig, context: Context) -> Path:
     return run_dir
 
 
+def node_keys_from_context(context: Context) -> dict[int, str] | None:
+    """node id -> key fingerprint from the registry named in the run config (None: not given)."""
+    value = str(context.run_config.get(REGISTRY_KEY, "") or "")
+    if not value:
+        return None
+    if not Path(value).is_absolute():
+        raise ValueError(f"{REGISTRY_KEY}={value!r} must be an absolute path on the SuperLink's "
+                         "machine")
+    return {node_id: node.fingerprint for node_id, node in load_registry(value).items()}
+
+
 def _require_partition(context: Context) -> None:
     if PARTITION_KEY not in context.node_config:
         raise ValueError(f"this SuperNode has no '{PARTITION_KEY}' in its node config: start it with "
@@ -94,9 +111,10 @@ server_app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_context(context)
     validate_config(cfg)
+    node_keys = node_keys_from_context(context)
     run_dir = run_dir_from_context(cfg, context)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     print(f"deployment run {context.run_id}: {cfg.num_rounds} rounds, strategy {cfg.strategy.name}, "
           f"model {cfg.model.name} -> {run_dir}", flush=True)
-    run_federated(cfg, run_dir, grid)
+    run_federated(cfg, run_dir, grid, node_keys=node_keys)

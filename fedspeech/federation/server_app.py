@@ -58,10 +58,16 @@ class ServerExperiment:
 
 
 def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: float | None = None,
-                  on_round_end: Callable[[dict], None] | None = None) -> RunRecorder:
-    """Run the configured federated experiment on `grid`, writing `run_dir`."""
+                  on_round_end: Callable[[dict], None] | None = None,
+                  node_keys: dict[int, str] | None = None) -> RunRecorder:
+    """Run the configured federated experiment on `grid`, writing `run_dir`.
+
+    `node_keys` (node id -> public-key fingerprint, from a deployment's SuperNode registry) adds
+    supernodes.csv: which authenticated SuperNode took part in which round.
+    """
     exp = ServerExperiment.build(cfg)
     recorder = RunRecorder(cfg, run_dir, exp.data, started_at=started_at)
+    recorder.node_keys = node_keys
     arrays = to_record(exp.model)
     start_round = 1
     resumed = resume_checkpoint(cfg.resume, run_dir)

@@ -64,6 +64,15 @@ class RayInitArgs:
 
 
 @dataclass
+class SimulationConfig:
+    """How `fedspeech.main` starts a federated simulation (`fedspeech/federation/simulation.py`)."""
+
+    runtime: str = "in_process"       # in_process | flwr_run
+    #: flwr_run only: seconds to wait for the private SuperLink to answer
+    superlink_start_timeout_s: float = 60.0
+
+
+@dataclass
 class FaultsConfig:
     """Seeded fault injection in the client path (`conf/faults/*.yaml`)."""
 
@@ -97,5 +106,6 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     client_resources: ClientResources = field(default_factory=ClientResources)
     ray_init_args: RayInitArgs = field(default_factory=RayInitArgs)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
     audio_cache_mb: float = 1024.0
     verbose: bool = True
