@@ -23,6 +23,7 @@ from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
 from fedspeech.analysis.plots import plot_run
 from fedspeech.analysis.summary import load_run, spearman, summarize_run
 from fedspeech.analysis.results_table import results_table
+from fedspeech.federation.privacy_accounting import UserLevelAccountant
 from fedspeech.analysis.sweep import collect, write_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -44,9 +45,12 @@ def assert_png(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_data, tmp_path_factory) -> Path:
-    """A finished 2-round federated run with DP on (the Gaussian mechanism reports epsilon)."""
+    """A finished 2-round federated run with DP on (the Gaussian mechanism reports epsilon), with a
+    virtual cohort."""
     out = tmp_path_factory.mktemp("analysis") / "run"
+    # noise and epsilon of a simulated deployment of 100 clients a round out of 10000
     run_module("fedspeech.main", f"paths.data={tiny_data}", *COMMON, "strategy/dp=gaussian",
+               "strategy.dp.virtual_cohort=100", "strategy.dp.virtual_population=10000",
                f"hydra.run.dir={out}")
     return out
 
@@ -279,6 +283,29 @@ def test_results_table_from_a_real_two_seed_multirun(sweep_dir, tmp_path):
         assert row[f"{col}_std"] == pytest.approx(values.std(ddof=1), abs=1e-6)
     assert row["wall_min"] == pytest.approx(sum(r["elapsed_s"] for r in runs) / 2 / 60, abs=1e-5)
     assert "| tiny | fedavg | 1 2 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow     # uses real runs through main
+def test_dp_tradeoff_reports_the_deployment_and_the_simulation_epsilon(run_dir, sweep_dir, tmp_path):
+    run_module("fedspeech.analysis.dp_tradeoff", str(run_dir), "--baseline", str(sweep_dir / "0"),
+               "--out", str(tmp_path))
+    table = pd.read_csv(tmp_path / "dp_tradeoff.csv")
+    assert len(table) == 1
+    row = table.iloc[0]
+    history = read_history(run_dir)
+    assert (row["cohort"], row["population"], row["virtual_cohort"], row["virtual_population"]) == (2, 3, 100, 10000)
+    assert row["rounds_released"] == 2 and row["wer"] == pytest.approx(history[-1]["wer"])
+    # the run's own accounting is of the deployment: q = 100 / 10000 at z = 1
+    assert row["epsilon_deployment"] == pytest.approx(history[-1]["epsilon"])
+    assert row["epsilon_deployment"] == pytest.approx(
+        UserLevelAccountant(1.0, 0.01, 1e-6, "pld").epsilon(2), rel=1e-6)
+    # the 3 simulated clients got noise of multiplier 1 * 2 / 100 at q = 2 / 3
+    assert row["epsilon_simulation"] == pytest.approx(
+        UserLevelAccountant(0.02, 2 / 3, 1e-6, "rdp").epsilon(2), rel=1e-6)
+    assert row["epsilon_simulation"] > 100 * row["epsilon_deployment"]
+    assert_png(tmp_path / "dp_tradeoff.png")
+    md = (tmp_path / "dp_tradeoff.md").read_text()
+    assert "| 1 | 100 of 10000 | 2 |" in md and "| no DP |" in md
 
 
 def test_spearman_ranks_and_refuses_constant_input():
