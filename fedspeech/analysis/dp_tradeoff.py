@@ -128,6 +128,8 @@ def plot_tradeoff(table: pd.DataFrame, baseline: dict | None, out: Path) -> Path
     for r in finite.itertuples(index=False):
         ax.annotate(f"z={r.noise_multiplier:g}", (r.epsilon_deployment, 100 * r.wer),
                     textcoords="offset points", xytext=(4, 6), fontsize=8)
+    for r in table[~table["epsilon_deployment"].apply(math.isfinite)].itertuples(index=False):
+        ax.axhline(100 * r.wer, ls="-.", color="C2", label=f"clipping only (z={r.noise_multiplier:g}): WER")
     if baseline:
         ax.axhline(100 * baseline["final_wer"], ls="--", color="grey", label="no DP: WER")
         ax.axhline(100 * baseline["final_wer_unseen"], ls=":", color="grey", label="no DP: unseen WER")
