@@ -20,11 +20,12 @@ import yaml
 from PIL import Image
 
 from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
+from fedspeech.analysis.dp_tradeoff import write_tradeoff
 from fedspeech.analysis.plots import plot_run
-from fedspeech.analysis.summary import load_run, spearman, summarize_run
 from fedspeech.analysis.results_table import results_table
-from fedspeech.federation.privacy_accounting import UserLevelAccountant
+from fedspeech.analysis.summary import RunDirError, load_run, spearman, summarize_run
 from fedspeech.analysis.sweep import collect, write_sweep
+from fedspeech.federation.privacy_accounting import UserLevelAccountant
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_PLOTS = ("wer.png", "speakers.png", "speakers_hist.png", "client_sizes.png", "epsilon.png")
@@ -294,7 +295,7 @@ def test_dp_tradeoff_reports_the_deployment_and_the_simulation_epsilon(run_dir, 
     row = table.iloc[0]
     history = read_history(run_dir)
     assert (row["cohort"], row["population"], row["virtual_cohort"], row["virtual_population"]) == (2, 3, 100, 10000)
-    assert row["rounds_released"] == 2 and row["wer"] == pytest.approx(history[-1]["wer"])
+    assert (row["round"], row["rounds_released"]) == (2, 2) and row["wer"] == pytest.approx(history[-1]["wer"])
     # the run's own accounting is of the deployment: q = 100 / 10000 at z = 1
     assert row["epsilon_deployment"] == pytest.approx(history[-1]["epsilon"])
     assert row["epsilon_deployment"] == pytest.approx(
@@ -306,6 +307,13 @@ def test_dp_tradeoff_reports_the_deployment_and_the_simulation_epsilon(run_dir, 
     assert_png(tmp_path / "dp_tradeoff.png")
     md = (tmp_path / "dp_tradeoff.md").read_text()
     assert "| 1 | 100 of 10000 | 2 |" in md and "| no DP |" in md
+    # at round 1: one release, and the baseline's round 1
+    early, _ = write_tradeoff(run_dir, baseline=sweep_dir / "0", out=tmp_path / "r1", at_round=1)
+    assert (early["round"].iloc[0], early["rounds_released"].iloc[0]) == (1, 1)
+    assert early["wer"].iloc[0] == pytest.approx(history[1]["wer"])
+    assert early["epsilon_deployment"].iloc[0] == pytest.approx(history[1]["epsilon"])
+    with pytest.raises(RunDirError, match="round 3"):
+        write_tradeoff(run_dir, out=tmp_path / "r3", at_round=3)
 
 
 def test_spearman_ranks_and_refuses_constant_input():

@@ -15,7 +15,8 @@ Two epsilons per job, because a CPU simulation of 18 clients is not the deployme
   multipliers this small); with a virtual cohort it is huge: the simulation protects nobody, it
   measures the utility a deployment would have.
 
-Writes `dp_tradeoff.csv`, `dp_tradeoff.md` and `dp_tradeoff.png` into `--out` (default: the
+`--round N` compares every job (and the baseline) at round N, e.g. when jobs stopped at different
+rounds. Writes `dp_tradeoff.csv`, `dp_tradeoff.md` and `dp_tradeoff.png` into `--out` (default: the
 multirun folder).
 """
 
@@ -31,14 +32,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fedspeech.analysis.plots import save_figure
-from fedspeech.analysis.summary import RunDirError, RunFiles, load_run, run_metrics
+from fedspeech.analysis.summary import RunDirError, RunFiles, load_run
 from fedspeech.analysis.sweep import find_jobs
 from fedspeech.federation.privacy_accounting import UserLevelAccountant
 from fedspeech.federation.sampling import strategy_cohort_size
 
 COLUMNS = ["job", "noise_multiplier", "clip_norm", "clipping", "cohort", "population", "virtual_cohort",
-           "virtual_population", "delta", "rounds_released", "epsilon_deployment", "epsilon_simulation",
-           "wer", "wer_unseen", "rounds"]
+           "virtual_population", "delta", "round", "rounds_released", "epsilon_deployment",
+           "epsilon_simulation", "wer", "wer_unseen", "cer"]
 
 
 def population_of(run: RunFiles) -> int:
@@ -60,37 +61,48 @@ def simulation_epsilon(z: float, cohort: int, virtual_cohort: int | None, popula
     return UserLevelAccountant(z_sim, cohort / population, delta, "rdp").epsilon(rounds)
 
 
-def job_row(job: Path, root: Path) -> dict | None:
-    """One job's DP settings, both epsilons and its WER; None for a job without DP."""
+def evaluated_record(history: list[dict], at_round: int | None) -> dict | None:
+    """The last evaluated round's record, or that of round `at_round` (None if not evaluated)."""
+    evaluated = [h for h in history if "wer" in h and (at_round is None or h["round"] == at_round)]
+    return evaluated[-1] if evaluated else None
+
+
+def job_row(job: Path, root: Path, at_round: int | None = None) -> dict | None:
+    """One job's DP settings, both epsilons and its WER at `at_round` (default: its last
+    evaluation); None for a job without DP or without an evaluation of that round."""
     run = load_run(job)
     dp = run.cfg("strategy.dp")
     if not dp or not dp.get("enabled"):
         return None
-    metrics = run_metrics(run.history)
+    record = evaluated_record(run.history, at_round)
+    if record is None:
+        return None
+    upto = [h for h in run.history if h["round"] <= record["round"]]
     population = population_of(run)
     cohort = strategy_cohort_size(run.cfg("strategy"), population)
-    released = max((int(h.get("dp_rounds") or 0) for h in run.history), default=0)
-    eps_run = [h["epsilon"] for h in run.history if h.get("epsilon") is not None]
+    released = max((int(h.get("dp_rounds") or 0) for h in upto), default=0)
+    eps_run = [h["epsilon"] for h in upto if h.get("epsilon") is not None]
     z = float(dp["noise_multiplier"])
     return {"job": str(job.relative_to(root)), "noise_multiplier": z, "clip_norm": float(dp["clip_norm"]),
             "clipping": dp["clipping"], "cohort": cohort, "population": population,
             "virtual_cohort": dp.get("virtual_cohort"),
             "virtual_population": dp.get("virtual_population") or population,
-            "delta": float(dp["delta"]), "rounds_released": released,
+            "delta": float(dp["delta"]), "round": int(record["round"]), "rounds_released": released,
             "epsilon_deployment": float(eps_run[-1]) if eps_run else math.inf,
             "epsilon_simulation": simulation_epsilon(z, cohort, dp.get("virtual_cohort"), population,
                                                      float(dp["delta"]), released),
-            "wer": metrics["final_wer"], "wer_unseen": metrics["final_wer_unseen"],
-            "rounds": metrics["rounds"]}
+            "wer": float(record["wer"]), "wer_unseen": float(record.get("wer_unseen", math.nan)),
+            "cer": float(record.get("cer", math.nan))}
 
 
-def collect_tradeoff(root: str | Path) -> pd.DataFrame:
-    """Every DP job under `root`, by decreasing noise (so increasing epsilon)."""
+def collect_tradeoff(root: str | Path, at_round: int | None = None) -> pd.DataFrame:
+    """Every DP job under `root` (evaluated at `at_round`, when given), by decreasing noise."""
     root = Path(root)
     jobs = [j for j in find_jobs(root) if (j / "history.json").is_file()]
-    rows = [r for r in (job_row(j, root) for j in jobs) if r is not None]
+    rows = [r for r in (job_row(j, root, at_round) for j in jobs) if r is not None]
     if not rows:
-        raise RunDirError(f"no finished job with strategy.dp.enabled=true under {root}")
+        at = f" evaluated at round {at_round}" if at_round is not None else ""
+        raise RunDirError(f"no job with strategy.dp.enabled=true{at} under {root}")
     return pd.DataFrame(rows, columns=COLUMNS).sort_values("noise_multiplier", ascending=False,
                                                            ignore_index=True)
 
@@ -105,16 +117,17 @@ def markdown(table: pd.DataFrame, baseline: dict | None) -> str:
              f"cohort {first['cohort']} of {first['population']} clients simulated; "
              "ε (deployment) is of the simulated deployment (virtual cohort V of population P), "
              "ε (simulation) of the simulated clients themselves.", "",
-             "| z | V of P | rounds | ε (deployment) | ε (simulation) | WER % | unseen-voice WER % |",
-             "|---|---|---|---|---|---|---|"]
+             "| z | V of P | round | ε (deployment) | ε (simulation) | WER % | unseen-voice WER % | CER % |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
         v = f"{int(r.virtual_cohort)} of {int(r.virtual_population)}" if r.virtual_cohort else \
             f"{r.cohort} of {r.population} (none)"
-        lines.append(f"| {r.noise_multiplier:g} | {v} | {r.rounds_released} | {_eps(r.epsilon_deployment)} | "
-                     f"{_eps(r.epsilon_simulation)} | {100 * r.wer:.1f} | {100 * r.wer_unseen:.1f} |")
+        lines.append(f"| {r.noise_multiplier:g} | {v} | {r.round} | {_eps(r.epsilon_deployment)} | "
+                     f"{_eps(r.epsilon_simulation)} | {100 * r.wer:.1f} | {100 * r.wer_unseen:.1f} | "
+                     f"{100 * r.cer:.1f} |")
     if baseline:
-        lines.append(f"| no DP | | {baseline['rounds']} | ∞ | ∞ | {100 * baseline['final_wer']:.1f} | "
-                     f"{100 * baseline['final_wer_unseen']:.1f} |")
+        lines.append(f"| no DP | | {baseline['round']} | ∞ | ∞ | {100 * baseline['wer']:.1f} | "
+                     f"{100 * baseline.get('wer_unseen', math.nan):.1f} | {100 * baseline.get('cer', math.nan):.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,26 +144,30 @@ def plot_tradeoff(table: pd.DataFrame, baseline: dict | None, out: Path) -> Path
     for r in table[~table["epsilon_deployment"].apply(math.isfinite)].itertuples(index=False):
         ax.axhline(100 * r.wer, ls="-.", color="C2", label=f"clipping only (z={r.noise_multiplier:g}): WER")
     if baseline:
-        ax.axhline(100 * baseline["final_wer"], ls="--", color="grey", label="no DP: WER")
-        ax.axhline(100 * baseline["final_wer_unseen"], ls=":", color="grey", label="no DP: unseen WER")
-    ax.set_xscale("log")
+        ax.axhline(100 * baseline["wer"], ls="--", color="grey", label="no DP: WER")
+        ax.axhline(100 * baseline.get("wer_unseen", math.nan), ls=":", color="grey", label="no DP: unseen WER")
+    if len(finite):                  # only clipping-only jobs: nothing to place on an epsilon axis
+        ax.set_xscale("log")
     first = table.iloc[0]
     who = (f"virtual cohort {int(first['virtual_cohort'])} of {int(first['virtual_population'])}"
            if first["virtual_cohort"] else f"cohort {first['cohort']} of {first['population']}")
     ax.set_xlabel(f"ε at δ={first['delta']:g} of the simulated deployment ({who})")
     ax.set_ylabel("final WER (%)")
-    ax.set_title("user-level DP: privacy-utility trade-off", fontsize=10)
+    ax.set_title(f"user-level DP: privacy-utility trade-off (round {', '.join(map(str, sorted(set(table['round']))))})",
+                 fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out)
 
 
-def write_tradeoff(root: str | Path, baseline: str | Path | None = None,
-                   out: str | Path | None = None) -> tuple[pd.DataFrame, list[Path]]:
+def write_tradeoff(root: str | Path, baseline: str | Path | None = None, out: str | Path | None = None,
+                   at_round: int | None = None) -> tuple[pd.DataFrame, list[Path]]:
     """Collect the DP jobs of `root`; write the CSV, the markdown table and the plot into `out`."""
-    table = collect_tradeoff(root)
-    base = run_metrics(load_run(baseline).history) if baseline else None
+    table = collect_tradeoff(root, at_round)
+    base = evaluated_record(load_run(baseline).history, at_round) if baseline else None
+    if baseline and base is None:
+        raise RunDirError(f"the baseline {baseline} has no evaluation of round {at_round}")
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "dp_tradeoff.csv", out / "dp_tradeoff.md"
@@ -165,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("multirun_dir", type=Path, help="a multirun over DP settings")
     parser.add_argument("--baseline", type=Path, default=None, help="the same run without DP")
     parser.add_argument("--out", type=Path, default=None, help="folder for the files (default: multirun_dir)")
+    parser.add_argument("--round", type=int, default=None, dest="at_round",
+                        help="compare every job at this evaluated round (default: each job's last)")
     args = parser.parse_args(argv)
     try:
-        table, written = write_tradeoff(args.multirun_dir, args.baseline, args.out)
+        table, written = write_tradeoff(args.multirun_dir, args.baseline, args.out, args.at_round)
     except RunDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
