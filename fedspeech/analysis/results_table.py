@@ -5,7 +5,9 @@ in `seed`), with the mean and sample standard deviation over its seeds of the fi
 and on voices never heard in training, and the mean wall time. Each DIR is a Hydra multirun
 folder (or one run dir); `NAME=` names its rows (`NAME` alone when the folder holds one
 configuration, else `NAME: <the overrides that differ>`). The table is what the files say: no
-run is repeated, and a configuration with one seed has an empty std.
+run is repeated, and a configuration with one seed has an empty std. `wall_min` is the mean of
+the jobs' recorded `elapsed_s` at their last round (from the server's start: data preparation and
+the Ray start-up before it are not in it).
 """
 
 from __future__ import annotations
