@@ -3,10 +3,11 @@
 #   1. FedAvg, FedAvgM and FedAdam (the default embedded run, each strategy's conf/ settings) and
 #      the centralised baseline at the same audio budget, each over SEEDS (default 0 1 2);
 #   2. the user-level DP trade-off: FedAvg with clipping C=10 and noise multipliers 0, 0.5, 1, 2,
-#      noised and accounted as a deployment of 1000 clients a round out of 100000 (20 rounds);
+#      noised and accounted as a deployment of 1000 clients a round out of 100000 (10 rounds, one
+#      client at a time: 2 cores per client);
 #   3. the summaries: results/summary.csv (+ .md), per-sweep tables and curves, dp_tradeoff.*.
 # One default run takes about 8-10 min on an otherwise idle 2-core machine: the whole script
-# (12 runs of 35 rounds, 4 DP runs of 20) about 2-2.5 hours. SEEDS="0" does one seed per row
+# (12 runs of 35 rounds, 4 DP runs of 10) about 2-2.5 hours. SEEDS="0" does one seed per row
 # (about 50 min). Runs already finished under $RUNS are not repeated (delete them to redo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ run fedavgm strategy=fedavgm seed="$seeds"
 run fedadam strategy=fedadam seed="$seeds"
 run central federated=false seed="$seeds"
 if [ ! -f "$RUNS/dp/done" ]; then
-  $py -m fedspeech.main --multirun num_rounds=20 eval.every=5 strategy/dp=gaussian \
+  $py -m fedspeech.main --multirun num_rounds=10 eval.every=5 client_resources.num_cpus=2 strategy/dp=gaussian \
     strategy.dp.clipping=global strategy.dp.clip_norm=10 strategy.dp.virtual_cohort=1000 \
     strategy.dp.virtual_population=100000 strategy.dp.noise_multiplier=0,0.5,1,2 \
     hydra.sweep.dir="$RUNS/dp" hydra.sweep.subdir='z${strategy.dp.noise_multiplier}'
