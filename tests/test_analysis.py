@@ -243,6 +243,11 @@ def test_sweep_labels_name_what_each_job_ran_not_unset(tmp_path):
     assert list(sweep.configs["configuration"]) == [
         "num_rounds=30,strategy=fedavg", "num_rounds=30,strategy=fedadam", "num_rounds=35,strategy=fedavg"]
     assert sweep.common == {"strategy.fraction_train": "0.1"}
+    # one value spelt two ways is one configuration
+    write_job(tmp_path / "4_fedavg35", ["num_rounds=35.0"], {**cfg, "num_rounds": 35}, "fedavg", 0.4)
+    sweep = collect(tmp_path)
+    assert list(sweep.configs["n_jobs"]) == [1, 1, 2]
+    shutil.rmtree(tmp_path / "4_fedavg35")
     # a key only one job has (`+key`) is named absent in the others
     write_job(tmp_path / "3_extra", ["+train.extra=2"], {**cfg, "num_rounds": 35}, "fedavg", 0.2)
     assert collect(tmp_path).configs["configuration"].iloc[0] == \

@@ -79,6 +79,9 @@ def _non_identifying(job: Path) -> set[str]:
     return set(keys) | {SEED_KEY}
 
 
+_ABSENT = object()
+
+
 def job_value(run: RunFiles, key: str) -> str:
     """The value `key` had in a job that did not override it, as an override would spell it.
 
@@ -95,9 +98,6 @@ def job_value(run: RunFiles, key: str) -> str:
     if isinstance(value, (dict, list)):
         return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-_ABSENT = object()
 
 
 def _choices(job: Path) -> dict[str, str]:
@@ -178,8 +178,10 @@ def collect(root: str | Path) -> Sweep:
                          for k in keys}
     varying = [k for k in keys if len({_canonical(r["identity"][k]) for r in rows}) > 1]
     common = {k: rows[0]["identity"][k] for k in keys if k not in varying}
+    spelling: dict[tuple[str, object], str] = {}      # one value, one name: the first job's spelling
     for r in rows:
-        r["configuration"] = ",".join(f"{k}={r['identity'][k]}" for k in varying) or ALL_JOBS
+        names = [spelling.setdefault((k, _canonical(r["identity"][k])), r["identity"][k]) for k in varying]
+        r["configuration"] = ",".join(f"{k}={v}" for k, v in zip(varying, names)) or ALL_JOBS
     jobs = pd.DataFrame(rows).drop(columns=["identity", "run"])
     order = list(dict.fromkeys(jobs["configuration"]))
 
