@@ -20,6 +20,7 @@ from fedspeech.experiment_data import load_experiment_data
 from fedspeech.federation.checkpoint import Checkpoint, resume_checkpoint, save_checkpoint
 from fedspeech.federation.evaluation import CentralEvaluator
 from fedspeech.federation.parameters import trainable_state
+from fedspeech.federation.sampling import strategy_cohort_size
 from fedspeech.models.factory import build_model
 from fedspeech.run_outputs import RunRecorder
 from fedspeech.seeding import torch_seeded
@@ -27,12 +28,10 @@ from fedspeech.training import train_local
 
 
 def round_budget_share(cfg: DictConfig, num_clients: int) -> float:
-    """Share of the training data a federated round trains on (cohort / population)."""
-    strategy = cfg.strategy
-    cohort = strategy.get("num_train_nodes") or max(
-        int(strategy.get("min_train_nodes", 1) or 1),
-        int(round(float(strategy.get("fraction_train", 1.0)) * num_clients)))
-    return min(1.0, cohort / num_clients)
+    """Share of the training data a federated round trains on: cohort / population, with the
+    cohort the federated run's sampler draws (`strategy_cohort_size`), so both runs see the
+    same audio per round."""
+    return strategy_cohort_size(cfg.strategy, num_clients) / num_clients
 
 
 def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:

@@ -16,16 +16,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
+from fedspeech.analysis.dp_tradeoff import write_tradeoff
 from fedspeech.analysis.plots import plot_run
-from fedspeech.analysis.summary import load_run, spearman, summarize_run
+from fedspeech.analysis.results_table import results_table
+from fedspeech.analysis.summary import RunDirError, load_run, spearman, summarize_run
 from fedspeech.analysis.sweep import collect, write_sweep
+from fedspeech.federation.privacy_accounting import UserLevelAccountant
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_PLOTS = ("wer.png", "speakers.png", "speakers_hist.png", "client_sizes.png", "epsilon.png")
 COMMON = [*TINY_CORPUS, *TINY_RUN, "num_rounds=2", "strategy.num_train_nodes=2", "client_resources.num_cpus=1"]
+SWEEP_COMMON = [o if o != "num_rounds=2" else "num_rounds=1" for o in COMMON]
 
 
 def assert_png(path: Path) -> None:
@@ -41,20 +46,23 @@ def assert_png(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_data, tmp_path_factory) -> Path:
-    """A finished 2-round federated run with DP on (the Gaussian mechanism reports epsilon)."""
+    """A finished 2-round federated run with DP on (the Gaussian mechanism reports epsilon), with a
+    virtual cohort."""
     out = tmp_path_factory.mktemp("analysis") / "run"
+    # noise and epsilon of a simulated deployment of 100 clients a round out of 10000
     run_module("fedspeech.main", f"paths.data={tiny_data}", *COMMON, "strategy/dp=gaussian",
+               "strategy.dp.virtual_cohort=100", "strategy.dp.virtual_population=10000",
                f"hydra.run.dir={out}")
     return out
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tiny_data, tmp_path_factory) -> Path:
-    """A finished 2-job multirun over seeds."""
+    """A finished 2-job, 1-round multirun over seeds."""
     out = tmp_path_factory.mktemp("analysis") / "sweep"
     # job folders named by number: the default `<num>_<override_dirname>` of these many overrides is
     # longer than a file name may be
-    run_module("fedspeech.main", "--multirun", f"paths.data={tiny_data}", *COMMON, "seed=1,2",
+    run_module("fedspeech.main", "--multirun", f"paths.data={tiny_data}", *SWEEP_COMMON, "seed=1,2",
                f"hydra.sweep.dir={out}", "hydra.sweep.subdir=${hydra.job.num}")
     return out
 
@@ -202,7 +210,115 @@ def test_sweep_groups_configurations_and_reports_skipped_jobs(sweep_dir, tmp_pat
     assert list(sweep.configs["n_jobs"]) == [2, 1]
     assert math.isnan(sweep.configs["final_wer_std"].iloc[1])
     assert "Skipped jobs" in (copy / "summary.md").read_text()
-    assert collect(copy).common.get("num_rounds") == "2"
+    assert collect(copy).common.get("num_rounds") == "1"
+
+
+def write_job(folder: Path, overrides: list[str], config: dict, strategy: str, wer: float) -> None:
+    """A finished job's files as Hydra and the recorder write them (2 rounds, given final WER)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"runtime": {"choices": {"strategy": strategy, "model": "tiny"}},
+                   "job": {"config": {"override_dirname": {"exclude_keys": ["paths.data"]}}}}}))
+    history = [{"round": 0, "wer": 1.0, "elapsed_s": 1.0},
+               {"round": 2, "wer": wer, "wer_unseen": wer + 0.1, "elapsed_s": 120.0}]
+    (folder / "history.json").write_text(json.dumps(history))
+
+
+def test_sweep_labels_name_what_each_job_ran_not_unset(tmp_path):
+    """A job that did not override a key is labelled by its config's value (30 rounds, not 'unset')."""
+    cfg = {"seed": 0, "federated": True, "strategy": {"name": "fedavg", "fraction_train": 0.1}}
+    write_job(tmp_path / "0_fedavg", ["strategy=fedavg"], {**cfg, "num_rounds": 30}, "fedavg", 0.3)
+    write_job(tmp_path / "1_fedadam", ["num_rounds=30", "strategy=fedadam", "paths.data=/x"],
+              {**cfg, "num_rounds": 30, "strategy": {"name": "fedadam", "fraction_train": 0.1}}, "fedadam", 0.6)
+    sweep = collect(tmp_path)
+    assert list(sweep.configs["configuration"]) == ["strategy=fedavg", "strategy=fedadam"]
+    assert sweep.common == {"num_rounds": "30"}
+    # a third job that ran the config's default of 35 rounds (and spelt the others' fraction
+    # 0.1 as 1e-1): num_rounds now differs between jobs, fraction_train does not
+    write_job(tmp_path / "2_fedavg35", ["strategy.fraction_train=1e-1"], {**cfg, "num_rounds": 35},
+              "fedavg", 0.2)
+    sweep = collect(tmp_path)
+    assert list(sweep.configs["configuration"]) == [
+        "num_rounds=30,strategy=fedavg", "num_rounds=30,strategy=fedadam", "num_rounds=35,strategy=fedavg"]
+    assert sweep.common == {"strategy.fraction_train": "0.1"}
+    # one value spelt two ways is one configuration
+    write_job(tmp_path / "4_fedavg35", ["num_rounds=35.0"], {**cfg, "num_rounds": 35}, "fedavg", 0.4)
+    sweep = collect(tmp_path)
+    assert list(sweep.configs["n_jobs"]) == [1, 1, 2]
+    shutil.rmtree(tmp_path / "4_fedavg35")
+    # a key only one job has (`+key`) is named absent in the others
+    write_job(tmp_path / "3_extra", ["+train.extra=2"], {**cfg, "num_rounds": 35}, "fedavg", 0.2)
+    assert collect(tmp_path).configs["configuration"].iloc[0] == \
+        "num_rounds=30,strategy=fedavg,train.extra=(absent)"
+
+
+def test_results_table_from_hand_written_jobs_groups_by_all_but_the_seed(tmp_path):
+    cfg = {"federated": True, "num_rounds": 2, "strategy": {"name": "fedavgm"}}
+    for seed, wer in enumerate([0.2, 0.3, 0.5]):
+        write_job(tmp_path / "fl" / str(seed), [f"seed={seed}", "strategy=fedavgm"],
+                  {**cfg, "seed": seed}, "fedavgm", wer)
+    write_job(tmp_path / "central" / "0", ["federated=false"],
+              {**cfg, "seed": 0, "federated": False}, "fedavg", 0.1)
+    table = results_table([("FedAvgM", tmp_path / "fl"), ("centralised", tmp_path / "central")])
+    assert list(table.columns) == ["run", "strategy", "seeds", "wer_mean", "wer_std", "wer_unseen_mean",
+                                   "wer_unseen_std", "wall_min"]
+    fl, central = table.to_dict("records")
+    assert (fl["run"], fl["strategy"], fl["seeds"]) == ("FedAvgM", "fedavgm", "0 1 2")
+    assert fl["wer_mean"] == pytest.approx(1 / 3) and fl["wer_std"] == pytest.approx(0.152752523)
+    assert fl["wer_unseen_mean"] == pytest.approx(1 / 3 + 0.1) and fl["wall_min"] == pytest.approx(2.0)
+    assert central["strategy"] == "centralised" and math.isnan(central["wer_std"])
+
+
+@pytest.mark.slow     # uses a real run through main
+def test_results_table_from_a_real_two_seed_multirun(sweep_dir, tmp_path):
+    out = tmp_path / "summary.csv"
+    run_module("fedspeech.analysis.results_table", f"tiny={sweep_dir}", "--out", str(out))
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["run", "strategy", "seeds", "wer_mean", "wer_std", "wer_unseen_mean",
+                                   "wer_unseen_std", "wall_min"]
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["run"], row["strategy"], str(row["seeds"])) == ("tiny", "fedavg", "1 2")
+    runs = [read_history(sweep_dir / str(j))[-1] for j in (0, 1)]
+    assert all(r["round"] == 1 for r in runs)
+    for col, key in (("wer", "wer"), ("wer_unseen", "wer_unseen")):
+        values = pd.Series([r[key] for r in runs])
+        assert row[f"{col}_mean"] == pytest.approx(values.mean(), abs=1e-6)
+        assert row[f"{col}_std"] == pytest.approx(values.std(ddof=1), abs=1e-6)
+    assert row["wall_min"] == pytest.approx(sum(r["elapsed_s"] for r in runs) / 2 / 60, abs=1e-5)
+    assert "| tiny | fedavg | 1 2 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow     # uses real runs through main
+def test_dp_tradeoff_reports_the_deployment_and_the_simulation_epsilon(run_dir, sweep_dir, tmp_path):
+    run_module("fedspeech.analysis.dp_tradeoff", str(run_dir), "--baseline", str(sweep_dir / "0"),
+               "--out", str(tmp_path))
+    table = pd.read_csv(tmp_path / "dp_tradeoff.csv")
+    assert len(table) == 1
+    row = table.iloc[0]
+    history = read_history(run_dir)
+    assert (row["cohort"], row["population"], row["virtual_cohort"], row["virtual_population"]) == (2, 3, 100, 10000)
+    assert (row["round"], row["rounds_released"]) == (2, 2) and row["wer"] == pytest.approx(history[-1]["wer"])
+    # the run's own accounting is of the deployment: q = 100 / 10000 at z = 1
+    assert row["epsilon_deployment"] == pytest.approx(history[-1]["epsilon"])
+    assert row["epsilon_deployment"] == pytest.approx(
+        UserLevelAccountant(1.0, 0.01, 1e-6, "pld").epsilon(2), rel=1e-6)
+    # the 3 simulated clients got noise of multiplier 1 * 2 / 100 at q = 2 / 3
+    assert row["epsilon_simulation"] == pytest.approx(
+        UserLevelAccountant(0.02, 2 / 3, 1e-6, "rdp").epsilon(2), rel=1e-6)
+    assert row["epsilon_simulation"] > 100 * row["epsilon_deployment"]
+    assert_png(tmp_path / "dp_tradeoff.png")
+    md = (tmp_path / "dp_tradeoff.md").read_text()
+    assert "| 1 | 100 of 10000 | 2 |" in md and "| no DP |" in md
+    # at round 1: one release, and the baseline's round 1
+    early, _ = write_tradeoff(run_dir, baseline=sweep_dir / "0", out=tmp_path / "r1", at_round=1)
+    assert (early["round"].iloc[0], early["rounds_released"].iloc[0]) == (1, 1)
+    assert early["wer"].iloc[0] == pytest.approx(history[1]["wer"])
+    assert early["epsilon_deployment"].iloc[0] == pytest.approx(history[1]["epsilon"])
+    with pytest.raises(RunDirError, match="round 3"):
+        write_tradeoff(run_dir, out=tmp_path / "r3", at_round=3)
 
 
 def test_spearman_ranks_and_refuses_constant_input():

@@ -476,3 +476,22 @@ def test_build_strategy_adds_dp_and_rejects_typos():
         build_strategy(compose_strategy("fedavg", ["strategy.num_train_nodes=11"]), population=10, seed=0)
     with pytest.raises(ValueError, match="strategy=dp_adaptive"):
         build_strategy(compose_strategy("krum", ["strategy/dp=gaussian"]), population=10, seed=0)
+
+
+@pytest.mark.parametrize("overrides, population", [
+    ([], 35),                                                        # int(3.5) = 3 clients, not round() = 4
+    (["strategy.fraction_train=0.1"], 18),                           # min_train_nodes = 2 wins over int(1.8)
+    (["strategy.fraction_train=0.25", "strategy.min_train_nodes=1"], 18),
+    (["strategy.num_train_nodes=4"], 20),
+], ids=["35-clients", "min-nodes", "fraction", "fixed-cohort"])
+def test_centralised_round_budget_is_the_cohort_the_sampler_draws(overrides, population):
+    """The centralised baseline trains per round on the share of the data a federated round does."""
+    from fedspeech.centralised import round_budget_share
+    from fedspeech.config import compose_config
+
+    cfg = compose_config(["strategy=fedavg", *overrides])
+    pids, _ = configured(build_strategy(cfg.strategy, population=population, seed=0), population)
+    assert round_budget_share(cfg, population) * population == pytest.approx(len(pids))
+    dp = build_strategy(compose_config(["strategy=fedavg", "strategy/dp=gaussian", *overrides]).strategy,
+                        population=population, seed=0).privacy
+    assert dp is not None and dp.cohort == len(pids)          # the accountant's sampling rate too

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedspeech.analysis.plots import save_figure
-from fedspeech.analysis.summary import RunDirError, load_run, run_metrics, series
+from fedspeech.analysis.summary import RunDirError, RunFiles, load_run, run_metrics, series
 
 SEED_KEY = "seed"
 # keys that say where, not what (conf/config.yaml's hydra.job.config.override_dirname.exclude_keys)
@@ -79,6 +79,56 @@ def _non_identifying(job: Path) -> set[str]:
     return set(keys) | {SEED_KEY}
 
 
+_ABSENT = object()
+
+
+def job_value(run: RunFiles, key: str) -> str:
+    """The value `key` had in a job that did not override it, as an override would spell it.
+
+    A config group (`strategy`) is named by the option Hydra chose (`.hydra/hydra.yaml`), any
+    other key by its resolved value in `.hydra/config.yaml`; `(absent)` when the job's config
+    does not have the key at all (e.g. a `+key` another job added).
+    """
+    choice = _choices(run.run_dir).get(key)
+    if choice is not None:
+        return str(choice)
+    value = run.cfg(key, default=_ABSENT)
+    if value is _ABSENT:
+        return "(absent)"
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _choices(job: Path) -> dict[str, str]:
+    hydra_file = job / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return {}
+    try:
+        runtime = (((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}).get("runtime") or {})
+    except yaml.YAMLError:
+        return {}
+    return {str(k): v for k, v in (runtime.get("choices") or {}).items() if v is not None}
+
+
+def _canonical(value: str) -> object:
+    """`30` and `30.0`, `1e-2` and `0.01`, `True` and `true` are the same value."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    if isinstance(parsed, bool) or parsed is None:
+        return parsed
+    if isinstance(parsed, (int, float)):
+        return float(parsed)
+    return repr(parsed)
+
+
 def _fmt_value(x: float, metric: str) -> str:
     if x is None or not math.isfinite(float(x)):
         return "n/a"
@@ -112,21 +162,27 @@ def collect(root: str | Path) -> Sweep:
         ignore = _non_identifying(job)
         identity = {k: v for k, v in overrides.items() if k not in ignore}
         seed = overrides.get(SEED_KEY, run.cfg(SEED_KEY))
-        rows.append({"job": name, "seed": seed, "identity": identity,
+        strategy = "centralised" if run.cfg("federated") is False else run.cfg("strategy.name", "")
+        rows.append({"job": name, "seed": seed, "identity": identity, "run": run, "strategy": strategy,
                      "overrides": " ".join(run.overrides), **run_metrics(run.history)})
         curves_by_job[name] = series(run.history, "wer")
     if not rows:
         raise RunDirError(f"none of the {len(job_dirs)} jobs under {root} has a history.json: "
                           + "; ".join(f"{n}: {r}" for n, r in skipped))
 
-    # a configuration's name: the identifying overrides that differ between jobs
+    # a configuration's name: the identifying overrides whose values differ between jobs; a job
+    # that did not override a key ran with its config's value, which is what it is compared by
     keys = sorted({k for r in rows for k in r["identity"]})
-    varying = [k for k in keys if len({r["identity"].get(k) for r in rows}) > 1]
-    common = {k: rows[0]["identity"][k] for k in keys if k not in varying}
     for r in rows:
-        parts = [f"{k}={r['identity'][k]}" if k in r["identity"] else f"{k} unset" for k in varying]
-        r["configuration"] = ",".join(parts) or ALL_JOBS
-    jobs = pd.DataFrame(rows).drop(columns="identity")
+        r["identity"] = {k: r["identity"][k] if k in r["identity"] else job_value(r["run"], k)
+                         for k in keys}
+    varying = [k for k in keys if len({_canonical(r["identity"][k]) for r in rows}) > 1]
+    common = {k: rows[0]["identity"][k] for k in keys if k not in varying}
+    spelling: dict[tuple[str, object], str] = {}      # one value, one name: the first job's spelling
+    for r in rows:
+        names = [spelling.setdefault((k, _canonical(r["identity"][k])), r["identity"][k]) for k in varying]
+        r["configuration"] = ",".join(f"{k}={v}" for k, v in zip(varying, names)) or ALL_JOBS
+    jobs = pd.DataFrame(rows).drop(columns=["identity", "run"])
     order = list(dict.fromkeys(jobs["configuration"]))
 
     configs = []

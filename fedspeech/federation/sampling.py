@@ -60,6 +60,17 @@ def cohort_size(num_available: int, fraction: float, num_nodes: int | None, min_
     return max(int(num_available * float(fraction)), int(min_nodes))
 
 
+def strategy_cohort_size(strategy: Mapping[str, Any], population: int) -> int:
+    """The cohort a `strategy` config node's sampler draws when all `population` clients connect.
+
+    Read from the same keys, with the same defaults, as the strategies' `CohortSampler`; the
+    DP accountant and the centralised baseline's per-round budget call this, not a copy of it.
+    """
+    return min(int(population), cohort_size(int(population), float(strategy.get("fraction_train", 1.0)),
+                                            strategy.get("num_train_nodes"),
+                                            int(strategy.get("min_train_nodes", 2))))
+
+
 class CohortSampler:
     """Seeded choice of the training cohort among connected nodes.
 

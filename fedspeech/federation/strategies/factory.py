@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedspeech.federation.privacy import UserLevelDP
-from fedspeech.federation.sampling import cohort_size
+from fedspeech.federation.sampling import strategy_cohort_size
 from fedspeech.federation.strategies.base import SpeechStrategy
 
 #: keys of `cfg.strategy` passed to every strategy's constructor
@@ -32,8 +32,7 @@ def build_privacy(dp_cfg: Any, cfg: DictConfig, population: int, seed: int) -> U
     kwargs = OmegaConf.to_container(dp_cfg, resolve=True)
     assert isinstance(kwargs, dict)
     kwargs.pop("enabled")
-    cohort = cohort_size(population, float(cfg.fraction_train), cfg.get("num_train_nodes"),
-                         int(cfg.min_train_nodes))
+    cohort = strategy_cohort_size(cfg, population)
     return UserLevelDP(population=population, cohort=cohort, seed=seed, **kwargs)
 
 
