@@ -159,11 +159,31 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         _require(0 < strategy.fraction_train <= 1, "strategy.fraction_train",
                  f"must be in (0, 1], got {strategy.fraction_train}")
     _validate_update_recording(typed)
+    _validate_task_model(typed)
     if typed.logger is not None and typed.logger.name == "wandb":
         _one_of(typed.logger.mode, WANDB_MODES, "logger.mode")
     _require(not OmegaConf.is_missing(typed.dataset, "root") and typed.dataset.root != "", "dataset.root",
              f"is required for dataset {typed.dataset.name}: the corpus folder")
     return typed
+
+
+#: tasks that train one model class: task name -> the model `_target_` and the config to choose
+TASK_MODELS = {"pretrain": ("fedspeech.models.pretraining.hubert.HubertPretrain", "hubert_pretrain"),
+               "distill": ("fedspeech.models.pretraining.distil.DistilHubert", "distilhubert")}
+
+
+def _validate_task_model(typed: DictConfig) -> None:
+    """task=pretrain|distill with their model, and a teacher that is an export."""
+    target = typed.model.get("_target_")
+    if typed.task.name in TASK_MODELS:
+        wanted, choice = TASK_MODELS[typed.task.name]
+        _require(target == wanted, "model", f"task={typed.task.name} trains model={choice}; got "
+                                            f"model={typed.model.get('name')}")
+    if target == TASK_MODELS["distill"][0]:
+        from fedspeech.models.pretraining.export import export_problem
+
+        problem = export_problem(typed.model.teacher)
+        _require(problem is None, "model.teacher", str(problem))
 
 
 def _validate_update_recording(typed: DictConfig) -> None:
