@@ -214,3 +214,20 @@ def test_config_names_a_bad_teacher_and_a_mismatched_model(tmp_path):
     validate_config(cfg)
     assert (cfg.model.name, cfg.strategy.name, cfg.task.targets) == \
         ("hubert_pretrain", "fedadam", "federated_kmeans")
+
+
+def test_iteration_two_clusters_hidden_states_of_an_export(tmp_path):
+    from fedspeech.tasks.pretrain import PretrainTask
+
+    previous = tiny_model().export(tmp_path / "iteration1")
+    with pytest.raises(ValueError, match="task.features_from"):
+        PretrainTask(iteration=2)
+    model = tiny_model().eval()
+    features = PretrainTask(iteration=2, features_from=str(previous)).spec.build(model)
+    assert features.layer == 1 and features.dim == 32            # half of 2 layers
+    for n in (400, 1001, 16001):
+        with torch.no_grad():
+            frames = model.encoder(torch.randn(1, n)).last_hidden_state.shape[1]
+        assert features(torch.randn(1, n), torch.tensor([n]))[0].shape == (frames, 32)
+    with pytest.raises(ValueError, match="task.feature_layer=5 is outside 1..2"):
+        PretrainTask(iteration=2, features_from=str(previous), feature_layer=5).spec.build(model)
