@@ -173,15 +173,21 @@ TASK_MODELS = {"pretrain": ("fedspeech.models.pretraining.hubert.HubertPretrain"
 
 
 def _validate_task_model(typed: DictConfig) -> None:
-    """task=pretrain|distill with their model, and a teacher that is an export."""
+    """task=pretrain|distill with their own model (and those models only with their task), and
+    a teacher that is an export."""
     target = typed.model.get("_target_")
-    if typed.task.name in TASK_MODELS:
-        wanted, choice = TASK_MODELS[typed.task.name]
-        _require(target == wanted, "model", f"task={typed.task.name} trains model={choice}; got "
-                                            f"model={typed.model.get('name')}")
+    for task, (wanted, choice) in TASK_MODELS.items():
+        if typed.task.name == task:
+            _require(target == wanted, "model", f"task={task} trains model={choice}; got "
+                                                f"model={typed.model.get('name')}")
+        elif target == wanted:
+            _require(False, "task", f"model={choice} is trained by task={task}; got "
+                                    f"task={typed.task.name}")
     if target == TASK_MODELS["distill"][0]:
         from fedspeech.models.pretraining.export import export_problem
 
+        _require(not OmegaConf.is_missing(typed.model, "teacher"), "model.teacher",
+                 "is required: a HuBERT/wav2vec2 export, e.g. <pretrain run>/export")
         problem = export_problem(typed.model.teacher)
         _require(problem is None, "model.teacher", str(problem))
 
