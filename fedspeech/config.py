@@ -176,6 +176,8 @@ def _validate_task_model(typed: DictConfig) -> None:
     """task=pretrain|distill with their own model (and those models only with their task), and
     a teacher that is an export."""
     target = typed.model.get("_target_")
+    _require(typed.federated or typed.task.name == "asr", "federated",
+             f"false runs the centralised ASR baseline only; task={typed.task.name} is federated")
     for task, (wanted, choice) in TASK_MODELS.items():
         if typed.task.name == task:
             _require(target == wanted, "model", f"task={task} trains model={choice}; got "

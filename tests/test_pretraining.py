@@ -210,6 +210,10 @@ def test_config_names_a_bad_teacher_and_a_mismatched_model(tmp_path):
         validate_config(compose_config(["task=distill", f"model.teacher={tmp_path / 'none'}"]))
     with pytest.raises(ConfigError, match="task=pretrain trains model=hubert_pretrain"):
         validate_config(compose_config(["task=pretrain", "model=tiny"]))
+    with pytest.raises(ConfigError, match="model=hubert_pretrain is trained by task=pretrain"):
+        validate_config(compose_config(["model=hubert_pretrain"]))
+    with pytest.raises(ConfigError, match="^federated: false runs the centralised ASR baseline"):
+        validate_config(compose_config(["task=pretrain", "federated=false"]))
     cfg = compose_config(["task=pretrain"])
     validate_config(cfg)
     assert (cfg.model.name, cfg.strategy.name, cfg.task.targets) == \
