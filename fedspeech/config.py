@@ -161,6 +161,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
                  f"must be in (0, 1], got {strategy.fraction_train}")
     _validate_update_recording(typed)
     _validate_simulation(typed)
+    _validate_task_model(typed)
     if typed.logger is not None and typed.logger.name == "wandb":
         _one_of(typed.logger.mode, WANDB_MODES, "logger.mode")
     _require(not OmegaConf.is_missing(typed.dataset, "root") and typed.dataset.root != "", "dataset.root",
@@ -184,6 +185,33 @@ def _validate_simulation(typed: DictConfig) -> None:
                  f"config counts whole cpus), got {typed.client_resources.num_cpus}")
         _require(not typed.ray_init_args.include_dashboard, "ray_init_args.include_dashboard",
                  "is not passed on by simulation.runtime=flwr_run: use simulation.runtime=in_process")
+
+
+#: tasks that train one model class: task name -> the model `_target_` and the config to choose
+TASK_MODELS = {"pretrain": ("fedspeech.models.pretraining.hubert.HubertPretrain", "hubert_pretrain"),
+               "distill": ("fedspeech.models.pretraining.distil.DistilHubert", "distilhubert")}
+
+
+def _validate_task_model(typed: DictConfig) -> None:
+    """task=pretrain|distill with their own model (and those models only with their task), and
+    a teacher that is an export."""
+    target = typed.model.get("_target_")
+    _require(typed.federated or typed.task.name == "asr", "federated",
+             f"false runs the centralised ASR baseline only; task={typed.task.name} is federated")
+    for task, (wanted, choice) in TASK_MODELS.items():
+        if typed.task.name == task:
+            _require(target == wanted, "model", f"task={task} trains model={choice}; got "
+                                                f"model={typed.model.get('name')}")
+        elif target == wanted:
+            _require(False, "task", f"model={choice} is trained by task={task}; got "
+                                    f"task={typed.task.name}")
+    if target == TASK_MODELS["distill"][0]:
+        from fedspeech.models.pretraining.export import export_problem
+
+        _require(not OmegaConf.is_missing(typed.model, "teacher"), "model.teacher",
+                 "is required: a HuBERT/wav2vec2 export, e.g. <pretrain run>/export")
+        problem = export_problem(typed.model.teacher)
+        _require(problem is None, "model.teacher", str(problem))
 
 
 def _validate_update_recording(typed: DictConfig) -> None:

@@ -40,6 +40,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _other_evaluation(record: dict[str, Any]) -> str:
+    """The progress text of a task scored without WER (e.g. pretraining's masked units)."""
+    shown = [f"{label} {record[key]:.3f}" for key, label in
+             (("loss", "eval loss"), ("unit_acc", "masked-unit acc"), ("distill_cos", "cos"))
+             if isinstance(record.get(key), (int, float))]
+    return ", ".join(shown) or "no eval"
+
+
 class RunRecorder:
     """Accumulates per-round records and participation, and writes the run-dir files."""
 
@@ -103,8 +111,9 @@ class RunRecorder:
         self._write_history()
         self.logger.log_round(0, self.history[-1])
         if self.verbose:
-            print(f"[round 0/{self.cfg.num_rounds}] initial model: WER {metrics.get('wer', float('nan')):.3f}",
-                  flush=True)
+            shown = (f"WER {metrics['wer']:.3f}" if "wer" in metrics
+                     else _other_evaluation(metrics))
+            print(f"[round 0/{self.cfg.num_rounds}] initial model: {shown}", flush=True)
 
     def _pid(self, node_id: int) -> int | str:
         return self.node_partitions.get(node_id, f"node {node_id}")
@@ -208,7 +217,8 @@ class RunRecorder:
         note = f" [{len(problems)} not counted: " + "; ".join(
             f"{pid}: {why}" for pid, why in list(problems.items())[:3]) + "]" if problems else ""
         skipped = f" [model unchanged: {record['skipped']}]" if record.get("skipped") else ""
-        evaluation = (f"WER {wer:.3f} CER {record['cer']:.3f}{extra}" if wer is not None else "no eval")
+        evaluation = (f"WER {wer:.3f} CER {record['cer']:.3f}{extra}" if wer is not None
+                      else _other_evaluation(record))
         return (f"[round {record['round']}/{self.cfg.num_rounds}] {who}, "
                 f"{record['train_seconds']:.0f} s audio, train loss {record['train_loss']:.3f}, "
                 f"{evaluation}{eps}, {record['wall_s']:.1f} s{note}{skipped}")
@@ -242,5 +252,6 @@ class RunRecorder:
         plot_run(self.run_dir)
         if self.verbose and self.history:
             last = self.history[-1]
-            print(f"done: {len(self.history) - 1} rounds, final WER {last.get('wer', float('nan')):.3f}, "
+            final = (f"final WER {last['wer']:.3f}" if "wer" in last else f"final {_other_evaluation(last)}")
+            print(f"done: {len(self.history) - 1} rounds, {final}, "
                   f"{self.elapsed():.0f} s; outputs in {self.run_dir}", flush=True)

@@ -40,8 +40,25 @@ def _group_overrides() -> list[list[str]]:
     return cases
 
 
+#: choices that only validate together with others (a pretraining model needs its task; a
+#: student needs a teacher export, made by the `teacher` fixture)
+COMPANIONS = {"model=hubert_pretrain": ["task=pretrain"], "model=hubert_base_pretrain": ["task=pretrain"],
+              "model=distilhubert": ["task=distill", "model.teacher={teacher}"],
+              "task=distill": ["model.teacher={teacher}"]}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    from tiny_pretrained import save_tiny_encoder
+    return str(save_tiny_encoder("hubert", tmp_path_factory.mktemp("teacher")))
+
+
 @pytest.mark.parametrize("overrides", _group_overrides(), ids=lambda o: o[0])
-def test_every_shipped_config_validates(overrides):
+def test_every_shipped_config_validates(overrides, request):
+    extra = COMPANIONS.get(overrides[0], [])
+    if extra:
+        path = request.getfixturevalue("teacher") if any("{teacher}" in e for e in extra) else ""
+        overrides = [*overrides, *(e.format(teacher=path) for e in extra)]
     typed = validate_config(compose_config(overrides))
     group, choice = overrides[0].split("=")
     if group in ("model", "dataset", "partitioner", "strategy", "logger", "task", "faults"):
@@ -125,12 +142,15 @@ RUNTIME = {"tokenizer", "llm_tokenizer", "root"}
 @pytest.mark.parametrize("table", [MODELS, READERS, DOWNLOADERS, PARTITIONERS, SCHEDULES, TASKS],
                          ids=["models", "readers", "downloaders", "partitioners", "schedules", "tasks"])
 def test_schema_keys_are_the_targets_parameters(table):
+    from fedspeech.models.pretraining.hubert import ENCODER_KEYS
     from fedspeech.models.ssl_ctc import CONFIG_OVERRIDES
 
     for target, schema in table.items():
         accepted = _accepted(target) - RUNTIME
         if target.endswith("SSLCTC"):
             accepted |= set(CONFIG_OVERRIDES)     # taken through **options, checked by the class
+        if target.endswith("HubertPretrain"):
+            accepted |= set(ENCODER_KEYS)         # HubertConfig keys, through **encoder
         assert _fields(schema) == accepted, target
 
 

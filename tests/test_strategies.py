@@ -415,6 +415,24 @@ def test_flower_fedmedian_through_the_adapter_is_flowers_median():
         np.testing.assert_array_equal(ours[k], theirs[k])
 
 
+@pytest.mark.parametrize("make", [lambda: SpeechFedAvg(fraction_train=1.0),
+                                  lambda: FlowerStrategy(fraction_train=1.0, flower=FedMedian)],
+                         ids=["fedavg", "flower_fedmedian"])
+def test_a_tasks_extra_records_reach_every_client(make):
+    """What a task's `before_rounds` returns (e.g. k-means centroids) travels with each train message."""
+    seen: dict[int, np.ndarray] = {}
+
+    def train(pid: int, msg: Message) -> RecordDict:
+        seen[pid] = np.array(msg.content["centroids"]["c"].numpy())
+        return honest(pid, msg)
+
+    strategy = make()
+    strategy.extra_records = {"centroids": numpy_record({"c": np.arange(6.0).reshape(2, 3)})}
+    run(strategy, num_nodes=3, train=train)
+    assert sorted(seen) == [0, 1, 2]
+    assert all(np.array_equal(c, np.arange(6.0).reshape(2, 3)) for c in seen.values())
+
+
 def test_adapter_screens_before_flower_aggregates():
     st = FlowerStrategy(fraction_train=1.0, flower=FedMedian)
     new, _ = run(st, num_nodes=5, train=faulty({3: "nan"}))

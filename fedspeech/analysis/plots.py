@@ -206,6 +206,55 @@ def plot_epsilon(run: RunFiles, out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
+def plot_pretraining(run: RunFiles, out: Path) -> Path | None:
+    """task=pretrain: masked-unit accuracy and loss per round; codebook usage (perplexity)."""
+    rounds, acc = series(run.history, "unit_acc")
+    if not _finite(acc):
+        return None
+    fig = Figure(figsize=(11, 4.2))
+    ax, ax2 = fig.subplots(1, 2)
+    ax.plot(rounds, 100 * acc, marker="o", ms=4, color="tab:blue", label="masked-unit accuracy (%)")
+    loss_rounds, loss = series(run.history, "loss")
+    twin = ax.twinx()
+    twin.plot(loss_rounds, loss, marker="s", ms=3, color="tab:red", label="masked-unit loss")
+    twin.set_ylabel("cross-entropy (nats)")
+    ax.set_title(f"{_run_title(run)}\nglobal model, held-out audio", fontsize=10)
+    ax.set_xlabel("round (0 = initial model)")
+    ax.set_ylabel("accuracy (%)")
+    _tidy(ax, integer_axis="x")
+    twin.legend(fontsize=8, loc="lower right")
+    for key, label, style in (("target_perplexity", "k-means targets", {"color": "tab:green"}),
+                              ("pred_perplexity", "model predictions", {"color": "tab:purple"})):
+        r, v = series(run.history, key)
+        if _finite(v):
+            ax2.plot(r, v, marker="o", ms=4, label=label, **style)
+    ax2.set_title("codebook usage: targets on held-out frames, predictions on masked ones", fontsize=9)
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("perplexity (clusters in use)")
+    _tidy(ax2, integer_axis="x")
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def plot_kmeans(run: RunFiles, out: Path) -> Path | None:
+    """Inertia per frame after each federated k-means step (round-0 record of history.json)."""
+    steps = [s for h in run.history if h.get("round") == 0 for s in (h.get("kmeans") or [])
+             if "inertia_per_frame" in s]
+    if not steps:
+        return None
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    ax.plot([s["step"] for s in steps], [s["inertia_per_frame"] for s in steps], marker="o", ms=4,
+            color="tab:blue", label="inertia per frame (squared distance)")
+    ax.set_title(f"{_run_title(run)}\nfederated k-means: {steps[-1]['clients']} clients, "
+                 f"{steps[-1]['frames']} frames", fontsize=10)
+    ax.set_xlabel("Lloyd step")
+    ax.set_ylabel("mean squared distance to the centroid")
+    _tidy(ax, integer_axis="x")
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
 # ---- the entry --------------------------------------------------------------------------------
 def _partition_dir(run: RunFiles) -> Path | None:
     value = run.cfg("paths.partition")
@@ -260,4 +309,7 @@ def plot_run(run_dir: str | Path, baseline: str | Path | float | None = None,
             "no speaker has a WER")
     add("client_sizes.png", *_client_sizes(run, plots / "client_sizes.png"))
     add("epsilon.png", plot_epsilon(run, plots / "epsilon.png"), "no epsilon in history.json (DP off)")
+    add("pretraining.png", plot_pretraining(run, plots / "pretraining.png"),
+        "no unit_acc in history.json (not task=pretrain)")
+    add("kmeans.png", plot_kmeans(run, plots / "kmeans.png"), "no federated k-means steps")
     return made

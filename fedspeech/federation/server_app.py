@@ -78,9 +78,9 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: flo
         recorder.load_state(ckpt.state)
         start_round = ckpt.round + 1
         print(f"resuming from {path} (round {ckpt.round} done)", flush=True)
-    elif recorder.wants_round0():      # evaluated while the Ray workers are still starting
-        metrics, _ = exp.evaluator()
-        recorder.add_round0(metrics)
+    round0 = resumed is None and recorder.wants_round0()
+    if round0 and not exp.task.setup_before_round0:   # evaluated while the Ray workers start
+        recorder.add_round0(exp.evaluator()[0])
 
     timeout = float(cfg.strategy.round_timeout)
     wait_s = float(cfg.strategy.node_wait_timeout_s)     # to connect, then to answer who they are
@@ -92,6 +92,8 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: flo
     extras = exp.task.before_rounds(cfg, grid, recorder.node_partitions, run_dir)
     if extras is not None:
         exp.strategy.extra_records = dict(extras)
+    if round0 and exp.task.setup_before_round0:
+        recorder.add_round0({**exp.evaluator()[0], **exp.task.setup_record})
     updates = _update_recorder(cfg, run_dir, exp)
 
     latest_records = {}

@@ -101,6 +101,54 @@ class SpeechLLMConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
+@dataclass
+class HubertPretrainConfig:
+    """`conf/model/hubert_pretrain.yaml` (task=pretrain)."""
+
+    _target_: str = "fedspeech.models.pretraining.hubert.HubertPretrain"
+    name: str = "hubert_pretrain"
+    init_from: Optional[str] = None
+    num_clusters: int = 100
+    proj_dim: int = 64
+    logit_temperature: float = 0.1
+    mask_prob: float = 0.8
+    mask_length: int = 10
+    unmasked_weight: float = 0.0
+    normalize_audio: bool = False
+    feat_extract_norm: str = "group"
+    hidden_size: int = 128
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    intermediate_size: int = 256
+    conv_dim: List[int] = field(default_factory=lambda: [64] * 7)
+    conv_kernel: List[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    conv_stride: List[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    num_conv_pos_embeddings: int = 32
+    num_conv_pos_embedding_groups: int = 8
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    feat_proj_dropout: float = 0.0
+    layerdrop: float = 0.0
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistilHubertConfig:
+    """`conf/model/distilhubert.yaml` (task=distill)."""
+
+    _target_: str = "fedspeech.models.pretraining.distil.DistilHubert"
+    name: str = "distilhubert"
+    teacher: str = "???"
+    student_layers: int = 2
+    target_layers: Optional[List[int]] = None
+    cos_weight: float = 1.0
+    init_from_teacher: bool = True
+    freeze_feature_encoder: bool = False
+    normalize_audio: Optional[bool] = None
+
+
 #: `model._target_` -> schema. A new model class registers its schema here.
 MODELS: dict[str, type] = {schema._target_: schema
-                           for schema in (TinyCTCConfig, SSLCTCConfig, SpeechLLMConfig)}
+                           for schema in (TinyCTCConfig, SSLCTCConfig, SpeechLLMConfig,
+                                           HubertPretrainConfig, DistilHubertConfig)}

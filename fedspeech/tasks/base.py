@@ -22,8 +22,14 @@ Evaluator = Callable[[], "tuple[dict[str, float], pd.DataFrame | None]"]
 class Task:
     """Base class of tasks; the defaults are what a task without extra phases needs."""
 
+    #: True when central evaluation needs what `before_rounds` makes (e.g. unit targets): the
+    #: server then evaluates the initial model after that phase, not while the nodes start
+    setup_before_round0: bool = False
+
     def __init__(self, name: str) -> None:
         self.name = name
+        #: what `before_rounds` reports for the round-0 record of history.json
+        self.setup_record: dict = {}
 
     def client_rows(self, data: ExperimentData, partition_id: int) -> pd.DataFrame:
         """The utterances a client trains on (also sizes its aggregation weight at start)."""

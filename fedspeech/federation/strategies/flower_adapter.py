@@ -119,7 +119,12 @@ class FlowerStrategy(SpeechStrategy):
         for strategy in self._strategies():
             if hasattr(strategy, "current_arrays"):
                 strategy.current_arrays = arrays      # what the previous round left (also after a resume)
-        return list(self.flower.configure_train(server_round, arrays, config, CohortGrid(grid, node_ids)))
+        messages = list(self.flower.configure_train(server_round, arrays, config,
+                                                    CohortGrid(grid, node_ids)))
+        for message in messages:                      # a task's records (e.g. k-means centroids)
+            for key, record in self.extra_records.items():
+                message.content[key] = record
+        return messages
 
     def new_aggregate(self, spec: Any, cohort: int) -> list[tuple[int, Message]]:
         return []
