@@ -69,3 +69,17 @@ def test_flwr_run_runtime_runs_the_experiment(tiny_data, tmp_path):
     while tagged_pids(tag) and time.monotonic() < deadline:
         time.sleep(1)
     assert tagged_pids(tag) == [], "the private SuperLink (or a process it started) outlived main"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(missing_entry_points()),
+                    reason=f"Flower CLI entry points missing: {missing_entry_points()}")
+def test_a_failed_flwr_run_fails_main(tiny_data, tmp_path):
+    """`flwr run --stream` exits 0 whatever became of the run: main reads the run's status."""
+    proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *TINY_RUN,
+                      "num_rounds=1", "strategy.num_train_nodes=5", "simulation.runtime=flwr_run",
+                      f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "num_train_nodes=5 exceeds the population of 3" in out       # the ServerApp's error
+    assert "the flwr run simulation ended as finished:failed" in out

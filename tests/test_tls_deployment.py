@@ -57,6 +57,7 @@ class FederationResult:
     fingerprints: list[str]
     listed_nodes: list[dict] = field(default_factory=list)
     leftover: list[int] = field(default_factory=list)
+    pyproject_unchanged: bool = True
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,7 @@ def federation(tmp_path_factory) -> FederationResult:
     registry_file = root / "registry.json"
     run_dir = root / "run"
     run_rc = None
+    pyproject_before = (REPO / "pyproject.toml").read_bytes()
     listed: list[dict] = []
     exit_codes: dict[str, int | None] = {}
     t0 = time.monotonic()
@@ -137,7 +139,8 @@ def federation(tmp_path_factory) -> FederationResult:
         exit_codes=exit_codes,
         registry=json.loads(registry_file.read_text()) if registry_file.is_file() else {},
         fingerprints=[fingerprint(public_key_path(k).read_bytes()) for k in certs.supernode_keys],
-        listed_nodes=listed, leftover=dep.leftover_pids())
+        listed_nodes=listed, leftover=dep.leftover_pids(),
+        pyproject_unchanged=(REPO / "pyproject.toml").read_bytes() == pyproject_before)
 
 
 def test_registered_supernodes_complete_a_two_round_run(federation):
@@ -149,6 +152,23 @@ def test_registered_supernodes_complete_a_two_round_run(federation):
     assert [h["round"] for h in history] == [0, 1, 2]
     for h in history[1:]:
         assert h["clients_replied"] == 2 and sorted(h["participants"]) == [0, 1], h
+
+
+def test_run_dir_of_a_deployment_run(federation):
+    """What `flwr run` leaves on the server: the same run dir as a simulation, from the SuperNodes."""
+    assert federation.run_rc == 0, federation.all_logs
+    assert "[round 2/2]" in federation.logs["flwr-run"]
+    assert federation.pyproject_unchanged, "flwr run rewrote pyproject.toml"
+    history = read_history(federation.run_dir)
+    for h in history[1:]:
+        assert h["clients_sampled"] == 2
+        assert h["train_seconds"] > 0 and h["bytes_up"] > 0 and h["bytes_up"] == h["bytes_down"]
+    for name in ("config.yaml", "speakers.csv", "plots/wer.png", "plots/speakers.png"):
+        assert (federation.run_dir / name).is_file(), name
+    speakers = pd.read_csv(federation.run_dir / "speakers.csv", dtype={"speaker": str})
+    # one speaker per SuperNode, both trained in both rounds; the unseen voice never
+    assert speakers["rounds_participated"].sum() == 4
+    assert speakers.loc[~speakers["seen_in_training"], "rounds_participated"].eq(0).all()
 
 
 def test_run_dir_names_the_supernode_keys_of_each_round(federation):
