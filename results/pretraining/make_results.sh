@@ -13,7 +13,7 @@ py=${PY:-.venv/bin/python}
 POOL="paths.data=$DATA/pool dataset.reader.seed=1 dataset.reader.train_sentences=40 dataset.reader.num_unseen_speakers=0 dataset.reader.test_sentences=3"
 # labelled fine-tuning corpus: the default voices (seed 0) x 20 sentences, 0.32 h
 FT="paths.data=$DATA/ft dataset.reader.train_sentences=20"
-FINETUNE="model=hubert model.local_files_only=true model.freeze_feature_encoder=false num_rounds=10 strategy.num_train_nodes=6 eval.max_utterances=100"
+FINETUNE="model=hubert model.local_files_only=true model.freeze_feature_encoder=false num_rounds=10 strategy.num_train_nodes=6 eval.max_utterances=100 train.batch_seconds=8"
 $py -m fedspeech.main $POOL task=pretrain num_rounds=10 strategy.num_train_nodes=6 hydra.run.dir=$RUNS/pretrain_fed
 $py -m fedspeech.main $POOL task=pretrain task.targets=local_kmeans num_rounds=10 strategy.num_train_nodes=6 hydra.run.dir=$RUNS/pretrain_local
 $py -m fedspeech.main $POOL task=distill model.teacher=$RUNS/pretrain_fed/export model.student_layers=2 num_rounds=5 strategy.num_train_nodes=6 hydra.run.dir=$RUNS/distill

@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 
+def _num(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else ""
+
+
 def history(run: Path) -> list[dict]:
     return json.loads((run / "history.json").read_text())
 
@@ -35,22 +39,23 @@ def main(runs: Path, out: Path) -> None:
         acc = f"{100 * last['unit_acc']:.1f}" if "unit_acc" in last else \
             f"cos {last.get('distill_cos', float('nan')):.3f}"
         lines.append(f"| {name} | {last['round']} | {last['loss']:.3f} | {acc} | "
-                     f"{last.get('pred_perplexity', '')} | {last.get('target_perplexity', '')} | {km} | "
+                     f"{_num(last.get('pred_perplexity'))} | {_num(last.get('target_perplexity'))} | {km} | "
                      f"{last['elapsed_s']:.0f} |")
         for png in (run / "plots").glob("*.png"):
             shutil.copyfile(png, out / f"{name}_{png.name}")
         shutil.copyfile(run / "history.json", out / f"{name}_history.json")
     lines += ["", "## CTC fine-tuning (same budget for every start)", "",
-              "| start | WER % per round (0 = before fine-tuning) | final WER % | final CER % |",
-              "|---|---|---|---|"]
+              "| start | CER % per round (0 = before fine-tuning) | WER % per round | final WER % | final CER % |",
+              "|---|---|---|---|---|"]
     for name in ("random", "fed", "local", "distill"):
         run = runs / f"ft_{name}"
         if not (run / "history.json").is_file():
-            lines.append(f"| {name} | not run | | |")
+            lines.append(f"| {name} | not run | | | |")
             continue
         h = [r for r in history(run) if "wer" in r]
-        per_round = " ".join(f"{100 * r['wer']:.1f}" for r in h)
-        lines.append(f"| {name} | {per_round} | {100 * h[-1]['wer']:.1f} | {100 * h[-1]['cer']:.1f} |")
+        cer = " ".join(f"{100 * r['cer']:.1f}" for r in h)
+        wer = " ".join(f"{100 * r['wer']:.1f}" for r in h)
+        lines.append(f"| {name} | {cer} | {wer} | {100 * h[-1]['wer']:.1f} | {100 * h[-1]['cer']:.1f} |")
         shutil.copyfile(run / "history.json", out / f"ft_{name}_history.json")
         if (run / "plots" / "wer.png").is_file():
             shutil.copyfile(run / "plots" / "wer.png", out / f"ft_{name}_wer.png")
