@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
+from fedspeech.data.batching import UtteranceLoader
 from fedspeech.experiment_data import ExperimentData
 from fedspeech.federation.evaluation import evaluation_rows
 from fedspeech.federation.kmeans import QUERIES, answer_kmeans, centroid_record, federated_kmeans
@@ -31,6 +31,7 @@ from fedspeech.federation.parameters import array_view
 from fedspeech.files import atomic_write_text
 from fedspeech.models.base import SpeechModel
 from fedspeech.models.factory import cached_model
+from fedspeech.models.pretraining.features import stack_frames
 from fedspeech.models.pretraining.hubert import HubertPretrain
 from fedspeech.models.pretraining.units import UnitLabeller
 from fedspeech.tasks.asr import train_on_rows
@@ -38,8 +39,6 @@ from fedspeech.tasks.base import Evaluator, Task
 from fedspeech.tasks.unit_targets import (TARGETS, FeatureSpec, client_frames, local_codebook,
                                           utterance_frames)
 from fedspeech.training import TrainStats
-
-logger = logging.getLogger(__name__)
 
 CENTROIDS_KEY = "centroids"
 
@@ -189,8 +188,6 @@ class UnitEvaluator:
 
     def __init__(self, task: PretrainTask, cfg: DictConfig, data: ExperimentData,
                  model: HubertPretrain, device: torch.device) -> None:
-        from fedspeech.data.batching import UtteranceLoader
-
         self.task, self.cfg, self.data, self.model, self.device = task, cfg, data, model, device
         self.rows = evaluation_rows(cfg, data)
         self.loader = UtteranceLoader(self.rows, data.audio_cache, cfg.eval.batch_seconds,
@@ -204,7 +201,6 @@ class UnitEvaluator:
             if centroids is None:
                 feats = utterance_frames(features, self.rows, self.data,
                                          float(self.cfg.eval.batch_seconds))
-                from fedspeech.models.pretraining.features import stack_frames
                 frames = stack_frames(feats, self.task.eval_max_frames, int(self.cfg.seed))
                 centroids = local_codebook(frames, self.model.num_clusters, seed=int(self.cfg.seed),
                                            key=("eval", self.task.spec, len(self.rows)))
