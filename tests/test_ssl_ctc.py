@@ -283,16 +283,16 @@ def test_paper_experiment_config_composes(encoders, tokenizer):
     assert any(n.startswith("encoder.feature_extractor.") for n in model.trainable_names())
 
 
-# One federated run per encoder, each with another freezing mode, through the real entry point.
+# Federated runs through the real entry point, each with another freezing mode; HuBERT's encoder
+# differs from wav2vec2's only in what the unit tests above cover, so it has no run of its own.
 MAIN_CASES = {
-    "wav2vec2": [],
-    "hubert": ["model.freeze_encoder_steps=1", "model.encoder_lr=1e-4", "model.head_lr=1e-3"],
+    "wav2vec2": ["model.freeze_encoder_steps=1", "model.encoder_lr=1e-4", "model.head_lr=1e-3"],
     "wavlm": ["model.freeze_encoder=true"],
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", sorted(MAIN_CASES))
 def test_federated_run_through_main(kind, encoders, tiny_data, tmp_path):
     from conftest import TINY_CORPUS, read_history, run_module
 

@@ -14,7 +14,8 @@ from safetensors.numpy import load_file
 from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
 
 pytestmark = pytest.mark.slow
-STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedavgm", "fedlamb", "fedmedian"]
+# FedProx is FedAvg on the server; that its mu reaches the clients is checked in test_strategies
+STRATEGIES = ["fedavg", "fedadam", "fedavgm", "fedlamb", "fedmedian"]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +41,6 @@ def test_strategy_runs_two_rounds_with_its_own_rule(sweep, name):
     assert all(h["clients_replied"] == 2 and h["skipped"] is None for h in history[1:])
     assert history[1]["participants"] == read_history(sweep / "fedavg")[1]["participants"]
     if name == "fedavg":
-        return
-    if name == "fedprox":
-        # FedAvg on the server; the clients' proximal term has no gradient at their first local
-        # step (w = w_global), and these tiny clients take one step: check mu reached them
-        assert "proximal_mu: 0.01" in (sweep / name / ".hydra" / "config.yaml").read_text()
         return
     ours, fedavg = round_arrays(sweep / name, 1), round_arrays(sweep / "fedavg", 1)
     if name == "fedavgm":
