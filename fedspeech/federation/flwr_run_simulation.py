@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,14 +32,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedspeech.federation.flower_cli import flower_command
+
 CONNECTION = "fedspeech-local-simulation"
-
-
-def _executable(name: str) -> str:
-    exe = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if exe is None:
-        raise FileNotFoundError(f"Flower's `{name}` command is not installed next to {sys.executable}")
-    return exe
 
 
 def _free_port() -> int:
@@ -89,7 +83,7 @@ def _stop(link: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 def _run_status(env: dict, cwd: Path) -> str:
     """The status `flwr ls` reports for the one run of the private SuperLink."""
-    out = subprocess.run([_executable("flwr"), "ls", CONNECTION, "--format", "json"], cwd=cwd,
+    out = subprocess.run([flower_command("flwr"), "ls", CONNECTION, "--format", "json"], cwd=cwd,
                          env=env, capture_output=True, text=True, timeout=120).stdout
     try:
         runs = json.loads(out[out.index("{"):])["runs"]
@@ -119,14 +113,14 @@ def run_with_flwr_run(cfg: DictConfig, run_dir: Path, num_clients: int) -> None:
         log = home / "superlink.log"
         with log.open("w") as out:
             link = subprocess.Popen(
-                [_executable("flower-superlink"), "--simulation", "--insecure",
+                [flower_command("flower-superlink"), "--simulation", "--insecure",
                  "--host", "127.0.0.1", "--port", str(port),
                  "--disable-runtime-dependency-installation"],
                 cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_ready(port, link, float(cfg.simulation.superlink_start_timeout_s), log)
             run_config = f'fedspeech-config="{experiment}" run-dir="{run_dir}"'
-            subprocess.run([_executable("flwr"), "run", str(project), CONNECTION, "--stream",
+            subprocess.run([flower_command("flwr"), "run", str(project), CONNECTION, "--stream",
                             "--run-config", run_config,
                             "--federation-config", federation_config(cfg, num_clients)],
                            cwd=project, env=env, check=False)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedspeech.federation.certificates import fingerprint
+from fedspeech.federation.flower_cli import flower_command
 from fedspeech.files import atomic_write_text
 
 
@@ -34,18 +34,11 @@ class RegisteredNode:
     public_key: str        # the file it was registered from
 
 
-def _flwr() -> str:
-    exe = shutil.which("flwr") or shutil.which("flwr", path=str(Path(sys.executable).parent))
-    if exe is None:
-        raise FileNotFoundError("the Flower CLI `flwr` is not on PATH")
-    return exe
-
-
 def register_key(public_key: Path, superlink: str) -> RegisteredNode:
     """`flwr supernode register <public_key> <superlink> --format json`; the node id it created."""
     line = public_key.read_bytes()
     print_ = fingerprint(line)
-    proc = subprocess.run([_flwr(), "supernode", "register", str(public_key), superlink,
+    proc = subprocess.run([flower_command("flwr"), "supernode", "register", str(public_key), superlink,
                            "--format", "json"], capture_output=True, text=True, timeout=120)
     try:
         answer = json.loads(proc.stdout[proc.stdout.index("{"):])
