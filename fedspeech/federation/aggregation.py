@@ -14,8 +14,10 @@ Each term's factor `w * scale` and its product with `x` are rounded to float32 (
 2**-24 each, what a float32 weighted mean has anyway) and truncated onto the grid (at most one
 step, ~1e-16 of the bound); `mean` divides by the sum of the rounded factors. Its error is thus
 below `3 * 2**-24 * sum(w|x|) / sum(w)` plus one grid step per term: far below the float32
-resolution of the model itself. Costs a value check and two passes over each reply
-tensor (scale-and-convert, integer add), split over threads for large tensors.
+resolution of the model itself. Costs one pass over each reply tensor: it is folded in slices
+small enough that the scaled product and its integer copy never leave the cache, so memory
+traffic is the reply read once and the 64-bit sum read and written once; large tensors are
+split over threads.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ VALUE_RANGE_FACTOR = 2.0**8
 _GRID_BITS = 61
 #: tensors at least this large are split across threads
 _CHUNK = 1 << 20
+#: elements folded per slice: its float32 product and int64 copy (768 KB) stay in the cache
+_SLICE = 1 << 16
 
 
 def _power_of_two_at_least(value: float) -> float:
@@ -68,8 +72,6 @@ class ExactSum:
         self._scale = {k: 2.0 ** (_GRID_BITS - math.ceil(math.log2(self.weight_bound * b)))
                        for k, b in self.value_bounds.items()}
         self._sums = {k: np.zeros(shape, dtype=np.int64) for k, shape in shapes.items()}
-        largest = max((int(np.prod(s)) for s in shapes.values()), default=0)
-        self._buffer = np.empty(largest, dtype=np.int64)
         self._weights: list[float] = []
         #: per tensor, the float32 factors `w * scale` applied (the weights actually used)
         self._factors: dict[str, list[float]] = {k: [] for k in shapes}
@@ -87,10 +89,16 @@ class ExactSum:
         return math.fsum(self._weights)
 
     @staticmethod
-    def _fold(values: np.ndarray, total: np.ndarray, buffer: np.ndarray, factor: np.float32) -> None:
-        # float32 product, truncated to an integer by the cast (one pass), then an integer add
-        np.multiply(values, factor, out=buffer, dtype=np.float32, casting="unsafe")
-        np.add(total, buffer, out=total)
+    def _fold(values: np.ndarray, total: np.ndarray, factor: np.float32) -> None:
+        # per slice: float32 product, truncated to an integer by the cast, then an integer add
+        product = np.empty(min(_SLICE, values.size), dtype=np.float32)
+        grid = np.empty(product.size, dtype=np.int64)
+        for start in range(0, values.size, _SLICE):
+            stop = min(start + _SLICE, values.size)
+            p, g = product[: stop - start], grid[: stop - start]
+            np.multiply(values[start:stop], factor, out=p, dtype=np.float32, casting="unsafe")
+            np.copyto(g, p, casting="unsafe")
+            np.add(total[start:stop], g, out=total[start:stop])
 
     def add(self, arrays: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
         """Fold `weight * arrays` into the sums."""
@@ -103,14 +111,13 @@ class ExactSum:
         for name, total in self._sums.items():
             values = np.asarray(arrays[name]).reshape(-1)
             flat = total.reshape(-1)
-            buffer = self._buffer[: flat.size]
             factor = np.float32(weight * self._scale[name])
             self._factors[name].append(float(factor))
             if self._pool is None or flat.size < _CHUNK:
-                self._fold(values, flat, buffer, factor)
+                self._fold(values, flat, factor)
                 continue
             bounds = np.linspace(0, flat.size, self._threads + 1, dtype=np.int64)
-            jobs += [self._pool.submit(self._fold, values[a:b], flat[a:b], buffer[a:b], factor)
+            jobs += [self._pool.submit(self._fold, values[a:b], flat[a:b], factor)
                      for a, b in zip(bounds[:-1], bounds[1:])]
             for job in jobs:
                 job.result()
