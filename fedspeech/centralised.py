@@ -2,8 +2,9 @@
 
 It runs as many "rounds" as the federated run and, per round, trains on as much audio as a
 federated round would (expected cohort share of the training seconds x local epochs), drawn from
-the pooled data; so FL and central runs are compared at the same sample budget, and both write the
-same run-directory files.
+the pooled data, at the learning rate the strategy would send its clients that round
+(`strategy.client_lr`), evaluated on the same rounds (`eval.every`); so FL and central runs are
+compared at the same sample budget and schedule, and both write the same run-directory files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedspeech.federation.checkpoint import Checkpoint, resume_checkpoint, save_
 from fedspeech.federation.evaluation import CentralEvaluator
 from fedspeech.federation.parameters import trainable_state
 from fedspeech.federation.sampling import strategy_cohort_size
+from fedspeech.federation.strategies.factory import client_lr_schedule
 from fedspeech.models.factory import build_model
 from fedspeech.run_outputs import RunRecorder
 from fedspeech.seeding import torch_seeded
@@ -44,6 +46,7 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
     pooled = data.train_rows().reset_index(drop=True)
     share = round_budget_share(cfg, data.num_clients)
     per_round = max(1, int(round(share * len(pooled))))
+    round_lr = client_lr_schedule(cfg.strategy)
     print(f"centralised run: {len(pooled)} pooled utterances, {per_round} per round "
           f"(share {share:.3f} of the data, as a federated round), {cfg.num_rounds} rounds", flush=True)
 
@@ -66,18 +69,21 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
         drawn = sorted(set(data.clients.loc[data.clients["id"].isin(set(rows["id"])), "client"]))
         loader = UtteranceLoader(rows, data.audio_cache, cfg.train.batch_seconds, shuffle=True,
                                  seed=int(cfg.seed) + rnd, max_utterances=cfg.train.max_batch_utterances)
+        lr = float(round_lr(rnd))
         with torch_seeded(int(cfg.seed) * 1_000_003 + rnd):      # dropout of this round
-            stats = train_local(model, loader, device, lr=float(cfg.train.lr),
+            stats = train_local(model, loader, device, lr=lr,
                                 weight_decay=float(cfg.train.weight_decay),
                                 epochs=int(cfg.train.local_epochs), max_steps=cfg.train.max_steps,
                                 grad_clip=cfg.train.grad_clip, grad_accum=int(cfg.train.grad_accum),
                                 precision=str(cfg.train.precision),
                                 speed_perturb=cfg.train.get("speed_perturb"))
         t_train = time.perf_counter() - t0
-        metrics, records = evaluator()
+        metrics, records = {}, None
+        if rnd % int(cfg.eval.every) == 0 or rnd == int(cfg.num_rounds):
+            metrics, records = evaluator()
         recorder.add_pooled_round(rnd, metrics=metrics, train_loss=stats.loss,
                                   train_seconds=stats.num_seconds, participants=drawn,
-                                  lr=float(cfg.train.lr), train_wall_s=t_train,
+                                  lr=lr, train_wall_s=t_train,
                                   wall_s=time.perf_counter() - t0, records=records)
         save_checkpoint(run_dir / "checkpoints", Checkpoint(
             round=rnd, arrays={k: v.numpy() for k, v in trainable_state(model).items()},

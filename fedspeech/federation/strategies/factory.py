@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedspeech.federation.privacy import UserLevelDP
 from fedspeech.federation.sampling import strategy_cohort_size
+from fedspeech.federation.schedules import Schedule, as_schedule
 from fedspeech.federation.strategies.base import SpeechStrategy
 
 #: keys of `cfg.strategy` passed to every strategy's constructor
@@ -36,6 +37,13 @@ def build_privacy(dp_cfg: Any, cfg: DictConfig, population: int, seed: int) -> U
     return UserLevelDP(population=population, cohort=cohort, seed=seed, **kwargs)
 
 
+def client_lr_schedule(cfg_strategy: Any) -> Schedule:
+    """`strategy.client_lr` (a number or a schedule's config) as the per-round schedule: what
+    the strategy sends its clients, and what the centralised baseline trains with."""
+    client_lr = cfg_strategy.get("client_lr", 1e-3)
+    return as_schedule(instantiate(client_lr) if isinstance(client_lr, DictConfig) else client_lr)
+
+
 def build_strategy(cfg_strategy: Any, population: int, seed: int) -> SpeechStrategy:
     """The configured strategy for `population` clients, seeded with `seed`."""
     cfg = cfg_strategy if isinstance(cfg_strategy, DictConfig) else OmegaConf.create(cfg_strategy)
@@ -46,8 +54,7 @@ def build_strategy(cfg_strategy: Any, population: int, seed: int) -> SpeechStrat
         raise ValueError(f"unknown strategy config keys: {sorted(unknown)}")
     if "builder" not in cfg or "_target_" not in cfg.builder:
         raise ValueError("strategy config needs builder._target_")
-    client_lr = cfg.get("client_lr", 1e-3)
-    client_lr = instantiate(client_lr) if isinstance(client_lr, DictConfig) else client_lr
+    client_lr = client_lr_schedule(cfg)
     kwargs = {k: cfg[k] for k in COMMON_KEYS if k in cfg}
     make = instantiate(cfg.builder, _partial_=True)
     strategy = make(client_lr=client_lr, seed=int(seed), population=int(population),
