@@ -19,9 +19,10 @@ TINY_CORPUS = [
     "dataset.reader.train_sentences=6", "dataset.reader.dev_sentences=1",
     "dataset.reader.test_sentences=2", "dataset.reader.unseen_sentences=3",
 ]
-# A model and round small enough for a CI machine.
+# A model and round small enough for a CI machine, evaluated after every round (the default
+# evaluates every 5th).
 TINY_RUN = ["model.hidden_size=32", "model.num_layers=1", "model.conv_channels=8",
-            "train.batch_seconds=30", "eval.batch_seconds=60", "verbose=true"]
+            "train.batch_seconds=30", "eval.batch_seconds=60", "eval.every=1", "verbose=true"]
 
 
 def run_module(module: str, *overrides: str, timeout: int = 600, check: bool = True,

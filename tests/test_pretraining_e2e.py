@@ -27,7 +27,7 @@ def test_pretrain_then_distill_through_main(tiny_data, tmp_path):
     run = tmp_path / "pretrain"
     proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *TINY_HUBERT,
                       "task=pretrain", "num_rounds=2", "strategy.num_train_nodes=2",
-                      "task.kmeans.steps=3", f"hydra.run.dir={run}")
+                      "task.kmeans.steps=3", "eval.every=1", f"hydra.run.dir={run}")
     assert "federated k-means: 16 clusters, 3 steps" in proc.stdout
     history = read_history(run)
     assert [h["round"] for h in history] == [0, 1, 2]

@@ -333,7 +333,7 @@ def test_two_federated_rounds_through_main(assets: dict[str, str], tiny_data: Pa
         "model=speechllm", f"model.encoder={assets['encoder']}", f"model.llm={assets['llm']}",
         "model.local_files_only=true", "model.max_new_tokens=16", "strategy=speechllm_fedavg",
         "strategy.client_lr.value=1e-2", "num_rounds=2", "strategy.num_train_nodes=2",
-        "train.batch_seconds=30", "train.max_steps=2", "eval.batch_seconds=60",
+        "train.batch_seconds=30", "train.max_steps=2", "eval.batch_seconds=60", "eval.every=1",
         "client_resources.num_cpus=1", f"hydra.run.dir={run_dir}")
     assert "[round 2/2]" in proc.stdout
     history = read_history(run_dir)

@@ -301,7 +301,8 @@ def test_federated_run_through_main(kind, encoders, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *overrides,
                       "num_rounds=2", "strategy.num_train_nodes=2", "client_resources.num_cpus=1",
-                      "train.batch_seconds=30", "eval.batch_seconds=60", f"hydra.run.dir={run_dir}")
+                      "train.batch_seconds=30", "eval.batch_seconds=60", "eval.every=1",
+                      f"hydra.run.dir={run_dir}")
     assert "[round 2/2]" in proc.stdout
     history = read_history(run_dir)
     assert [h["round"] for h in history] == [0, 1, 2]
