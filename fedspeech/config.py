@@ -206,11 +206,20 @@ def _validate_task_model(typed: DictConfig) -> None:
             _require(False, "task", f"model={choice} is trained by task={task}; got "
                                     f"task={typed.task.name}")
     if target == TASK_MODELS["distill"][0]:
+        from fedspeech.models.pretraining.distil import check_objective
         from fedspeech.models.pretraining.export import export_problem
+        from fedspeech.models.pretraining.unit_head import unit_head_problem
 
-        _require(not OmegaConf.is_missing(typed.model, "teacher"), "model.teacher",
+        m = typed.model
+        try:
+            check_objective(m.objective, m.unit_kl_weight, m.kl_temperature, m.mask_prob, m.mask_length)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        _require(not OmegaConf.is_missing(m, "teacher"), "model.teacher",
                  "is required: a HuBERT/wav2vec2 export, e.g. <pretrain run>/export")
-        problem = export_problem(typed.model.teacher)
+        problem = export_problem(m.teacher)
+        if problem is None and m.objective == "units":
+            problem = unit_head_problem(m.teacher)
         _require(problem is None, "model.teacher", str(problem))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,34 @@ def test_bad_key_or_value_names_it(overrides, message):
         validate_config(compose_config(overrides))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.unit_kl_weight=1.5"], "model.unit_kl_weight: must be in [0, 1], got 1.5"),
+    (["model.unit_kl_weight=-0.1"], "model.unit_kl_weight: must be in [0, 1], got -0.1"),
+    (["model.objective=logits"], "model.objective: must be one of layers, units; got 'logits'"),
+    (["model.kl_temperature=0"], "model.kl_temperature: must be > 0, got 0.0"),
+    (["model.mask_prob=0"], "model.mask_prob: must be in (0, 1], got 0.0"),
+    (["model.objective=units"], "model.teacher: {teacher}/unit_head.pt is missing: model.objective=units"),
+])
+def test_bad_distillation_setting_names_it(overrides, message, teacher):
+    base = ["task=distill", f"model.teacher={teacher}"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_config([*base, *overrides]))
+    assert message.format(teacher=teacher) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unit_distillation_validates_with_a_unit_head(teacher, tmp_path):
+    from fedspeech.models.pretraining.unit_head import UnitHead
+
+    with_head = tmp_path / "teacher"
+    shutil.copytree(teacher, with_head)
+    UnitHead(32, 8, 4).save(with_head)
+    typed = validate_config(compose_config(["task=distill", f"model.teacher={with_head}",
+                                            "model.objective=units"]))
+    assert (typed.model.objective, typed.model.unit_kl_weight, typed.model.kl_temperature) == \
+        ("units", 0.5, 1.0)
 
 
 def test_hydra_rejects_unknown_keys_without_plus():

@@ -203,6 +203,94 @@ def test_distilhubert_student_trains_exports_and_rejects_a_bad_teacher(tmp_path)
             DistilHubert(teacher=str(bad))
 
 
+# ---- unit distillation (model.objective=units) ---------------------------------------------------
+def unit_teacher(tmp_path) -> str:
+    """A tiny random HuBERT pretraining export: the encoder and its unit_head.pt."""
+    return str(tiny_model(hidden_dropout=0.0, attention_dropout=0.0).export(tmp_path / "teacher"))
+
+
+def two_utterances() -> Batch:
+    with torch_seeded(1):
+        audio = torch.randn(2, 12000)
+    return Batch(ids=["a", "b"], speakers=["s", "s"], texts=["", ""], audio=audio,
+                 audio_lens=torch.tensor([12000, 8000]))
+
+
+def test_unit_distillation_loss_falls_over_local_steps(tmp_path):
+    rows = shortest_rows(2)
+    with torch_seeded(0):
+        model = DistilHubert(teacher=unit_teacher(tmp_path), student_layers=1, objective="units")
+    names = model.trainable_names()
+    assert any(n.startswith("unit_head.") for n in names) and not any(
+        n.startswith(("teacher.", "teacher_head.", "heads.")) for n in names)
+    # the student's unit head starts as the teacher's
+    torch.testing.assert_close(model.unit_head.state_dict(), model.teacher_head.state_dict())
+    cache = AudioCache(64)
+    batch = next(iter(UtteranceLoader(rows, cache, 100.0, shuffle=False)))
+    model.eval()
+
+    def held_out() -> dict[str, float]:
+        return model.distill_scores(batch, seed=5)
+
+    before = held_out()
+    assert set(before) == {"loss", "distill_kl", "distill_ce", "unit_acc"}
+    loader = UtteranceLoader(rows, cache, 100.0, shuffle=True, seed=0)
+    with torch_seeded(0):
+        stats = train_local(model, loader, torch.device("cpu"), lr=3e-3, epochs=8)
+    assert stats.steps == 8
+    after = held_out()
+    assert 0 < after["loss"] < 0.8 * before["loss"]
+    # both parts fall, not only their sum (each is measured on its own)
+    assert after["distill_kl"] < 0.8 * before["distill_kl"] and after["distill_ce"] < before["distill_ce"]
+    assert all(p.grad is None for p in model.teacher_head.parameters())
+
+
+def test_unit_kl_alone_is_t2_times_the_kl_and_zero_for_the_teacher_itself(tmp_path, monkeypatch):
+    import fedspeech.models.pretraining.distil as distil
+
+    teacher, batch = unit_teacher(tmp_path), two_utterances()
+    with torch_seeded(0):
+        model = DistilHubert(teacher=teacher, student_layers=2, objective="units",
+                             unit_kl_weight=1.0, kl_temperature=2.0).eval()
+    scores = model.distill_scores(batch, seed=3)
+    assert scores["loss"] == 4.0 * scores["distill_kl"]          # α=1: T²·KL, nothing else
+    assert scores["loss"] > 1e-4                 # masked frames: the student sees other input
+    model.unit_kl_weight = 0.0
+    assert model.distill_scores(batch, seed=3)["loss"] == scores["distill_ce"]
+    # without a mask, a full-depth student started from the teacher is the teacher: KL = 0
+    monkeypatch.setattr(distil, "span_mask", lambda valid, *args, **kw: torch.zeros_like(valid))
+    model.unit_kl_weight = 1.0
+    unmasked = model.distill_scores(batch)
+    assert unmasked["distill_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert unmasked["loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unit_student_exports_a_teacher_and_needs_a_unit_head(tmp_path):
+    from transformers import AutoModel
+
+    from fedspeech.models.ssl_ctc import SSLCTC
+
+    with torch_seeded(0):
+        model = DistilHubert(teacher=unit_teacher(tmp_path), student_layers=1, objective="units")
+    out = model.export(tmp_path / "student")
+    assert json.loads((out / "fedspeech.json").read_text())["objective"] == "units"
+    assert AutoModel.from_pretrained(out).config.num_hidden_layers == 1
+    ctc = SSLCTC(CharTokenizer(list("abc '")), str(out), local_files_only=True)
+    assert torch.isfinite(ctc.loss(Batch(ids=["a"], speakers=["s"], texts=["ab"],
+                                         audio=torch.randn(1, 16000), audio_lens=torch.tensor([16000]))))
+    again = DistilHubert(teacher=str(out), student_layers=1, objective="units")   # a teacher in turn
+    torch.testing.assert_close(again.teacher_head.state_dict(), model.unit_head.state_dict())
+
+    plain = save_tiny_encoder("hubert", tmp_path / "plain", layer_norm=False)   # no unit_head.pt
+    DistilHubert(teacher=str(plain))                                           # layers: fine
+    with pytest.raises(ValueError) as err:
+        DistilHubert(teacher=str(plain), objective="units")
+    assert str(err.value) == (f"model.teacher: {plain / 'unit_head.pt'} is missing: model.objective="
+                              "units needs the unit head that task=pretrain writes beside its export")
+    with pytest.raises(ValueError, match=r"^model.unit_kl_weight: must be in \[0, 1\], got 1.5$"):
+        DistilHubert(teacher=str(plain), objective="units", unit_kl_weight=1.5)
+
+
 def test_config_names_a_bad_teacher_and_a_mismatched_model(tmp_path):
     from fedspeech.config import ConfigError, compose_config, validate_config
 

@@ -1,5 +1,7 @@
-"""`task=pretrain` (federated k-means phase + 2 rounds) and `task=distill` (1 round) through
-`python -m fedspeech.main` on the Ray backend, then the exports in the CTC fine-tuning model."""
+"""`task=pretrain` (federated k-means phase + 2 rounds) and `task=distill` (1 round, the units
+objective: it needs the pretraining export's unit head) through `python -m fedspeech.main` on the
+Ray backend, then the exports in the CTC fine-tuning model. The layers objective's loss, scores
+and export are covered in-process by test_pretraining.py."""
 
 from __future__ import annotations
 
@@ -49,11 +51,16 @@ def test_pretrain_then_distill_through_main(tiny_data, tmp_path):
     student = tmp_path / "distill"
     proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS,
                       "task=distill", f"model.teacher={export}", "model.student_layers=1",
-                      "num_rounds=1", "strategy.num_train_nodes=2", "train.batch_seconds=30",
-                      f"hydra.run.dir={student}")
+                      "model.objective=units", "num_rounds=1", "strategy.num_train_nodes=2",
+                      "train.batch_seconds=30", f"hydra.run.dir={student}")
     assert "[round 1/1] 2/2 clients replied" in proc.stdout
     history = read_history(student)
     assert [h["round"] for h in history] == [0, 1]
     assert history[1]["student_params"] < history[1]["teacher_params"]
-    assert -1 <= history[1]["distill_cos"] <= 1 and history[1]["loss"] > 0
+    for h in history:
+        assert 0 <= h["unit_acc"] <= 1 and h["distill_kl"] >= 0 and h["distill_ce"] > 0
+        assert h["loss"] == pytest.approx(0.5 * h["distill_kl"] + 0.5 * h["distill_ce"], rel=1e-4)
+    assert (student / "export" / "unit_head.pt").is_file()
     assert AutoModel.from_pretrained(student / "export").config.num_hidden_layers == 1
+    assert SSLCTC(tokenizer, str(student / "export"),
+                  local_files_only=True).encoder.config.num_hidden_layers == 1

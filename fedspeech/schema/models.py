@@ -143,6 +143,11 @@ class DistilHubertConfig:
     student_layers: int = 2
     target_layers: Optional[List[int]] = None
     cos_weight: float = 1.0
+    objective: str = "layers"
+    unit_kl_weight: float = 0.5
+    kl_temperature: float = 1.0
+    mask_prob: float = 0.8
+    mask_length: int = 10
     init_from_teacher: bool = True
     freeze_feature_encoder: bool = False
     normalize_audio: Optional[bool] = None

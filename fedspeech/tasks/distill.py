@@ -2,8 +2,9 @@
 
 The teacher (`model.teacher`) is frozen and runs on each client's own audio; the student and
 its prediction heads are what clients train and the strategy aggregates. The server scores the
-global student on held-out audio: the distillation loss and the cosine similarity per target
-layer.
+global student on held-out audio: the distillation loss and, with `model.objective=layers`, the
+cosine similarity per target layer; with `units`, the KL term, the masked cross-entropy and the
+masked-unit accuracy against the teacher's units (a fixed mask per batch).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _student(model: SpeechModel) -> DistilHubert:
 
 
 class DistillTask(Task):
-    """DistilHuBERT: L1 + λ(−log σ(cos)) regression of teacher layers."""
+    """DistilHuBERT: regression of teacher layers, or distillation of the teacher's units."""
 
     def train(self, cfg: DictConfig, model: SpeechModel, rows: pd.DataFrame, data: ExperimentData,
               device: torch.device, config: ConfigRecord, extras: RecordDict, seed: int) -> TrainStats:
@@ -51,9 +52,9 @@ class DistillTask(Task):
             student.eval()
             sums: dict[str, float] = {}
             n = 0
-            for batch in loader:
+            for i, batch in enumerate(loader):
                 batch.to(device)
-                for key, value in student.distill_scores(batch).items():
+                for key, value in student.distill_scores(batch, seed=int(cfg.seed) * 7919 + i).items():
                     sums[key] = sums.get(key, 0.0) + value * len(batch)
                 n += len(batch)
             metrics = {k: v / max(n, 1) for k, v in sums.items()}

@@ -1,11 +1,20 @@
 """DistilHuBERT (Chang et al., ICASSP 2022) as `model=distilhubert` (task=distill).
 
 The student is the teacher's architecture cut to `student_layers` transformer layers (the CNN
-front-end included), initialised from the teacher's first layers; one linear prediction head
-per target layer regresses the frozen teacher's hidden states of layers 4/8/12, scaled to the
-teacher's depth. Loss per head: L1 + λ·(−log σ(cos)), averaged over the valid frames. Only the
-student and its heads are trainable, so only they travel; the teacher runs on each client's own
-audio, loaded in every worker from `model.teacher`.
+front-end included), initialised from the teacher's first layers. Two objectives:
+
+* `layers` (the paper): one linear prediction head per target layer regresses the frozen
+  teacher's hidden states of layers 4/8/12, scaled to the teacher's depth. Loss per head:
+  L1 + λ·(−log σ(cos)), averaged over the valid frames.
+* `units` (the federated_librispeech seed's variant): the student has a unit head of its own,
+  started from the teacher's (`unit_head.pt` beside a pretraining export); the teacher scores
+  its units on the unmasked audio, the student sees span-masked audio, and the loss is
+  α·T²·KL on all valid frames + (1−α)·cross-entropy on the masked frames against the teacher's
+  own most likely units (`unit_kd`): the hard targets are the teacher's pseudo-labels, so no
+  k-means codebook is needed at distillation time.
+
+Only the student and its heads are trainable, so only they travel; the teacher (and its unit
+head) runs on each client's own audio, loaded in every worker from `model.teacher`.
 """
 
 from __future__ import annotations
@@ -23,8 +32,27 @@ from fedspeech.data.text import CharTokenizer
 from fedspeech.models.base import Prediction, SpeechModel
 from fedspeech.models.pretraining.export import export_problem, save_export
 from fedspeech.models.pretraining.hubert import normalise_audio
+from fedspeech.models.pretraining.masking import span_mask
+from fedspeech.models.pretraining.unit_head import UnitHead
+from fedspeech.models.pretraining.unit_kd import UnitKDTerms, unit_kd_terms
 
 PAPER_TARGETS = (4, 8, 12)      # of a 12-layer teacher
+OBJECTIVES = ("layers", "units")
+
+
+def check_objective(objective: str, unit_kl_weight: float, kl_temperature: float, mask_prob: float,
+                    mask_length: int) -> None:
+    """The objective settings' ranges, checked by the model and by `validate_config` alike
+    (ValueError "model.<key>: ...")."""
+    checks = ((objective in OBJECTIVES, "objective",
+               f"must be one of {', '.join(OBJECTIVES)}; got {objective!r}"),
+              (0.0 <= unit_kl_weight <= 1.0, "unit_kl_weight", f"must be in [0, 1], got {unit_kl_weight}"),
+              (kl_temperature > 0, "kl_temperature", f"must be > 0, got {kl_temperature}"),
+              (0 < mask_prob <= 1, "mask_prob", f"must be in (0, 1], got {mask_prob}"),
+              (mask_length >= 1, "mask_length", f"must be >= 1, got {mask_length}"))
+    for ok, key, message in checks:
+        if not ok:
+            raise ValueError(f"model.{key}: {message}")
 
 
 def scaled_target_layers(depth: int) -> list[int]:
@@ -50,14 +78,28 @@ class DistilHubert(SpeechModel):
 
     def __init__(self, tokenizer: CharTokenizer | None = None, name: str = "distilhubert",
                  teacher: str = "", student_layers: int = 2, target_layers: list[int] | None = None,
-                 cos_weight: float = 1.0, init_from_teacher: bool = True,
-                 freeze_feature_encoder: bool = False, normalize_audio: bool | None = None) -> None:
+                 cos_weight: float = 1.0, objective: str = "layers", unit_kl_weight: float = 0.5,
+                 kl_temperature: float = 1.0, mask_prob: float = 0.8, mask_length: int = 10,
+                 init_from_teacher: bool = True, freeze_feature_encoder: bool = False,
+                 normalize_audio: bool | None = None) -> None:
         super().__init__()
         from transformers import AutoFeatureExtractor
 
+        check_objective(objective, unit_kl_weight, kl_temperature, mask_prob, mask_length)
         self.name = name
+        self.objective = objective
+        self.unit_kl_weight, self.kl_temperature = float(unit_kl_weight), float(kl_temperature)
+        self.mask_prob, self.mask_length = float(mask_prob), int(mask_length)
         self.teacher_path = str(teacher)
         self.teacher = load_teacher(self.teacher_path)
+        # the teacher's unit head, frozen (units only; a missing unit_head.pt names model.teacher)
+        self.teacher_head = UnitHead.load(self.teacher_path).requires_grad_(False) \
+            if objective == "units" else None
+        width = int(self.teacher.config.hidden_size)
+        if self.teacher_head is not None and self.teacher_head.final_proj.in_features != width:
+            raise ValueError(f"model.teacher: its unit head projects "
+                             f"{self.teacher_head.final_proj.in_features}-dim frames, its encoder "
+                             f"gives {width}-dim ones")
         depth = int(self.teacher.config.num_hidden_layers)
         self.target_layers = list(target_layers) if target_layers else scaled_target_layers(depth)
         bad = [t for t in self.target_layers if not 1 <= t <= depth]
@@ -72,13 +114,20 @@ class DistilHubert(SpeechModel):
         self.student = type(self.teacher)(config)
         if init_from_teacher:
             self.student.load_state_dict(self.teacher.state_dict(), strict=False)
-        config.mask_time_prob = 0.0                                # no masking while distilling
+        config.mask_time_prob = 0.0          # no masks of transformers' own; units pass theirs
         config.mask_feature_prob = 0.0
         if freeze_feature_encoder:
             self.student.feature_extractor.requires_grad_(False)
-        width = int(self.teacher.config.hidden_size)
-        self.heads = nn.ModuleList(nn.Linear(config.hidden_size, width) for _ in self.target_layers)
+        self.heads = nn.ModuleList(nn.Linear(config.hidden_size, width) for _ in self.target_layers) \
+            if objective == "layers" else nn.ModuleList()
         self.cos_weight = float(cos_weight)
+        self.unit_head: UnitHead | None = None
+        if self.teacher_head is not None:
+            t = self.teacher_head
+            self.unit_head = UnitHead(int(config.hidden_size), int(t.final_proj.out_features),
+                                      t.num_units, t.temperature)
+            if init_from_teacher:
+                self.unit_head.load_state_dict(t.state_dict())
         if normalize_audio is None:
             try:
                 normalize_audio = bool(AutoFeatureExtractor.from_pretrained(teacher).do_normalize)
@@ -120,11 +169,33 @@ class DistilHubert(SpeechModel):
         l1, cos = torch.stack(l1s), torch.stack(coss)
         return l1, cos, (l1 + self.cos_weight * torch.stack(logsigs)).sum()
 
+    def _unit_terms(self, batch: Batch, seed: int | None = None) -> UnitKDTerms:
+        """Teacher units on the unmasked audio, the student's on span-masked audio (`seed` fixes
+        the mask, for evaluation)."""
+        if self.teacher_head is None or self.unit_head is None:
+            raise RuntimeError(f"no unit heads: model.objective={self.objective}, not units")
+        audio, samples, frames_of = self._inputs(batch)
+        with torch.no_grad():
+            taught = self.teacher_head(self.teacher(audio, attention_mask=samples).last_hidden_state)
+        frames = taught.shape[1]
+        valid = torch.arange(frames, device=audio.device)[None] < frames_of[:, None]
+        mask = span_mask(valid, self.mask_prob, self.mask_length, seed=seed)
+        hidden = self.student(audio, attention_mask=samples, mask_time_indices=mask).last_hidden_state
+        return unit_kd_terms(self.unit_head(hidden), taught, mask, valid,
+                             self.unit_kl_weight, self.kl_temperature)
+
     def loss(self, batch: Batch) -> torch.Tensor:
+        if self.objective == "units":
+            return self._unit_terms(batch).loss
         return self._terms(batch)[2]
 
     @torch.no_grad()
-    def distill_scores(self, batch: Batch) -> dict[str, float]:
+    def distill_scores(self, batch: Batch, seed: int | None = None) -> dict[str, float]:
+        """Per-batch means for central evaluation; `seed` fixes the units objective's mask."""
+        if self.objective == "units":
+            terms = self._unit_terms(batch, seed=seed)
+            return {"loss": float(terms.loss), "distill_kl": float(terms.kl),
+                    "distill_ce": float(terms.ce), "unit_acc": terms.correct / max(terms.masked, 1)}
         l1, cos, loss = self._terms(batch)
         out = {"loss": float(loss), "distill_l1": float(l1.mean()), "distill_cos": float(cos.mean())}
         for layer, c in zip(self.target_layers, cos.tolist()):
@@ -133,7 +204,7 @@ class DistilHubert(SpeechModel):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
-        raise NotImplementedError("distilhubert regresses teacher layers, not transcripts: fine-tune "
+        raise NotImplementedError("distilhubert distils a teacher, it does not transcribe: fine-tune "
                                   "its export with model=hubert model.pretrained=<run>/export")
 
     def parameter_ratio(self) -> dict[str, Any]:
@@ -143,6 +214,11 @@ class DistilHubert(SpeechModel):
                 "param_ratio": student / max(teacher, 1)}
 
     def export(self, out: str | Path, info: dict[str, Any] | None = None) -> Path:
-        """The student encoder (the prediction heads are not part of it)."""
-        return save_export(self.student, out, normalize_audio=self.normalize_audio,
-                           info={**(info or {}), "teacher": self.teacher_path, **self.parameter_ratio()})
+        """The student encoder (the prediction heads are not part of it); with the units
+        objective its unit head goes beside it, so the student can be a teacher in turn."""
+        out = save_export(self.student, out, normalize_audio=self.normalize_audio,
+                          info={**(info or {}), "teacher": self.teacher_path,
+                                "objective": self.objective, **self.parameter_ratio()})
+        if self.unit_head is not None:
+            self.unit_head.save(out)
+        return out

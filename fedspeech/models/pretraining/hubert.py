@@ -27,6 +27,7 @@ from fedspeech.models.pretraining.export import save_export
 from fedspeech.models.pretraining.features import (FrameCount, HiddenStateFeatures, MFCCFeatures,
                                                    conv_frame_count)
 from fedspeech.models.pretraining.masking import span_mask
+from fedspeech.models.pretraining.unit_head import save_unit_head, unit_logits
 from fedspeech.models.pretraining.units import PAD_UNIT, UnitLabeller
 
 #: HubertConfig keys a model config may set directly (the rest through `config_overrides`)
@@ -144,9 +145,7 @@ class HubertPretrain(SpeechModel):
         sample_mask = (torch.arange(audio.shape[1], device=audio.device)[None] < lens[:, None]).long()
         hidden = self.encoder(audio, attention_mask=sample_mask,
                               mask_time_indices=mask).last_hidden_state
-        proj = F.normalize(self.final_proj(hidden), dim=-1)
-        emb = F.normalize(self.label_embeddings, dim=-1)
-        logits = proj @ emb.T / self.temperature
+        logits = unit_logits(hidden, self.final_proj, self.label_embeddings, self.temperature)
         return logits, targets, mask, valid
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -182,9 +181,8 @@ class HubertPretrain(SpeechModel):
 
     # ---- export --------------------------------------------------------------------------
     def export(self, out: str | Path, info: dict[str, Any] | None = None) -> Path:
-        """The encoder for CTC fine-tuning / AutoModel (the unit head is not part of it)."""
+        """The encoder for CTC fine-tuning / AutoModel; the unit head goes beside it
+        (`unit_head.pt`), for unit distillation with this export as the teacher."""
         out = save_export(self.encoder, out, normalize_audio=self.normalize_audio, info=info)
-        torch.save({"final_proj": self.final_proj.state_dict(),
-                    "label_embeddings": self.label_embeddings.detach().cpu()},
-                   Path(out) / "unit_head.pt")
+        save_unit_head(out, self.final_proj, self.label_embeddings, self.temperature)
         return out
