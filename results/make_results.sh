@@ -30,7 +30,7 @@ sweep() {
 sweep table/fedavg 'seed${seed}' seed="$seeds"
 sweep table/central 'seed${seed}' federated=false seed="$seeds"
 sweep fedadam20 'eta${strategy.builder.eta.value}' num_rounds=20 strategy=fedadam \
-  strategy.builder.eta.value=3e-3,1e-2,3e-2
+  strategy.builder.eta.value=3e-3,1e-2,3e-2,1e-1
 sweep dp 'z${strategy.dp.noise_multiplier}' num_rounds=20 strategy/dp=gaussian \
   strategy.dp.clipping=global strategy.dp.clip_norm=10 strategy.dp.virtual_cohort=1000 \
   strategy.dp.virtual_population=100000 strategy.dp.noise_multiplier=0,0.5,2,8
