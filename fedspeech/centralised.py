@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from fedspeech.data.batching import UtteranceLoader
 from fedspeech.experiment_data import load_experiment_data
 from fedspeech.federation.checkpoint import Checkpoint, resume_checkpoint, save_checkpoint
-from fedspeech.federation.evaluation import CentralEvaluator
+from fedspeech.federation.evaluation import CentralEvaluator, is_evaluation_round
 from fedspeech.federation.parameters import trainable_state
 from fedspeech.federation.sampling import strategy_cohort_size
 from fedspeech.federation.strategies.factory import client_lr_schedule
@@ -79,7 +79,7 @@ def run_centralised(cfg: DictConfig, run_dir: Path) -> RunRecorder:
                                 speed_perturb=cfg.train.get("speed_perturb"))
         t_train = time.perf_counter() - t0
         metrics, records = {}, None
-        if rnd % int(cfg.eval.every) == 0 or rnd == int(cfg.num_rounds):
+        if is_evaluation_round(cfg, rnd):
             metrics, records = evaluator()
         recorder.add_pooled_round(rnd, metrics=metrics, train_loss=stats.loss,
                                   train_seconds=stats.num_seconds, participants=drawn,

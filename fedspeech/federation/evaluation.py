@@ -17,6 +17,12 @@ from fedspeech.models.base import SpeechModel
 from fedspeech.training import evaluate
 
 
+def is_evaluation_round(cfg: DictConfig, server_round: int) -> bool:
+    """Whether round `server_round` is evaluated centrally: every `eval.every`-th and the last,
+    for federated and centralised runs alike."""
+    return server_round % int(cfg.eval.every) == 0 or server_round == int(cfg.num_rounds)
+
+
 def evaluation_rows(cfg: DictConfig, data: ExperimentData) -> pd.DataFrame:
     """Rows of `eval.split`: a manifest split, or one of the TED-LIUM 3 paper's held-out sets
     (`ted_train_full5`: 5 held-out minutes of each participating talk; `ted_train_wo5`)."""

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from fedspeech.experiment_data import ExperimentData, load_experiment_data
 from fedspeech.federation.checkpoint import Checkpoint, resume_checkpoint, save_checkpoint
+from fedspeech.federation.evaluation import is_evaluation_round
 from fedspeech.federation.nodes import ClientInfo, query_nodes
 from fedspeech.federation.parameters import load_record, numpy_record, record_arrays, to_record
 from fedspeech.federation.round_loop import RoundOutcome
@@ -99,7 +100,7 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: flo
     latest_records = {}
 
     def evaluate(server_round: int, round_arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round % int(cfg.eval.every) and server_round != int(cfg.num_rounds):
+        if not is_evaluation_round(cfg, server_round):
             return None
         load_record(exp.model, round_arrays)
         metrics, records = exp.evaluator()
