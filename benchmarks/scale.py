@@ -8,6 +8,7 @@ run's own history.json (`server_peak_rss_mb`, `client_compute_s`, `train_wall_s`
 "N nodes ready, X s after launch" line.
 
     python benchmarks/scale.py [--only rss,utilisation,population,aggregation] [--out DIR]
+                               [--population-nodes 8|clients]
 """
 
 from __future__ import annotations
@@ -67,16 +68,17 @@ def utilisation(out: Path, workers: int) -> None:
           f"2-3: {compute:.1f} / ({wall:.1f} x {workers}) = {compute / (wall * workers):.2f} (goal >= 0.95)")
 
 
-def population(out: Path) -> None:
-    few, t_few = run(out, "clients20", ["partitioner=iid", "partitioner.num_clients=20",
-                                        "strategy.num_train_nodes=8", "num_rounds=1",
-                                        "eval.max_utterances=20"])
-    many, t_many = run(out, "clients2000", ["partitioner=iid", "partitioner.num_clients=2000",
-                                            "strategy.num_train_nodes=8", "num_rounds=1",
-                                            "eval.max_utterances=20"])
-    print(f"server peak RSS, 2,000 vs 20 clients (cohort 8): {peak_rss(many):.0f} vs {peak_rss(few):.0f} "
-          f"MB = {peak_rss(many) / peak_rss(few):.2f}x (goal <= 1.2x)")
-    print(f"launch to nodes ready, 2,000 vs 20 clients: {t_many:.1f} vs {t_few:.1f} s = "
+def population(out: Path, nodes: str) -> None:
+    """20 vs 2,000 clients, cohort 8, on `nodes` simulated SuperNodes ("clients": one per client)."""
+    common = ["partitioner=iid", "strategy.num_train_nodes=8", "num_rounds=1", "eval.max_utterances=20"]
+    if nodes != "clients":
+        common.append(f"simulation.nodes={nodes}")
+    few, t_few = run(out, f"clients20_nodes{nodes}", [*common, "partitioner.num_clients=20"])
+    many, t_many = run(out, f"clients2000_nodes{nodes}", [*common, "partitioner.num_clients=2000"])
+    on = "one SuperNode per client" if nodes == "clients" else f"simulation.nodes={nodes}"
+    print(f"server peak RSS, 2,000 vs 20 clients (cohort 8, {on}): {peak_rss(many):.0f} vs "
+          f"{peak_rss(few):.0f} MB = {peak_rss(many) / peak_rss(few):.2f}x (goal <= 1.2x)")
+    print(f"launch to nodes ready, 2,000 vs 20 clients ({on}): {t_many:.1f} vs {t_few:.1f} s = "
           f"{t_many / t_few:.2f}x (goal <= 1.5x)")
 
 
@@ -124,6 +126,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="rss,utilisation,population,aggregation")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fedspeech_scale"))
+    parser.add_argument("--population-nodes", default="8",
+                        help="simulation.nodes of the population case, or 'clients' for one "
+                             "simulated SuperNode per client")
     args = parser.parse_args()
     cases = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +141,7 @@ def main() -> None:
     if "utilisation" in cases:
         utilisation(args.out, workers)
     if "population" in cases:
-        population(args.out)
+        population(args.out, args.population_nodes)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,11 @@ def _validate_simulation(typed: DictConfig) -> None:
     _one_of(sim.runtime, SIMULATION_RUNTIMES, "simulation.runtime")
     _require(sim.superlink_start_timeout_s > 0, "simulation.superlink_start_timeout_s",
              f"must be > 0, got {sim.superlink_start_timeout_s}")
+    if sim.nodes is not None:
+        _require(sim.nodes >= 1, "simulation.nodes", f"must be >= 1 or null, got {sim.nodes}")
+        _require(sim.runtime == "in_process", "simulation.nodes",
+                 "needs simulation.runtime=in_process (with flwr_run, Flower starts one SuperNode "
+                 "per client); leave it null")
     if sim.runtime == "flwr_run" and typed.federated:
         # Flower's simulation config carries cpus/gpus only; the rest cannot reach ray.init
         for key in ("object_store_memory",):

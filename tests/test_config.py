@@ -100,6 +100,9 @@ def test_every_shipped_config_validates(overrides, request):
     (["eval.split=holdout"], "eval.split: must be one of train, dev, test"),
     (["dataset=commonvoice"], "dataset.root: is required for dataset commonvoice"),
     (["+record_update=true"], "record_update: unknown key; ExperimentConfig takes:"),
+    (["simulation.nodes=0"], "simulation.nodes: must be >= 1 or null, got 0"),
+    (["simulation.nodes=4", "simulation.runtime=flwr_run"],
+     "simulation.nodes: needs simulation.runtime=in_process"),
 ])
 def test_bad_key_or_value_names_it(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -18,6 +18,7 @@ from fedspeech.experiment_data import load_experiment_data
 from fedspeech.federation.faults import FaultPlan, InjectedFault, poison_with_nan
 from fedspeech.federation.nodes import IDENTITY_QUERY
 from fedspeech.federation.parameters import load_record, to_record
+from fedspeech.federation.virtual_nodes import client_sizes, message_partition
 from fedspeech.models.factory import cached_model
 from fedspeech.tasks import build_task
 
@@ -53,7 +54,7 @@ def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
     """Train the received global model on this client's partition for one round."""
     t0 = time.perf_counter()
     set_threads(cfg)
-    client = int(context.node_config["partition-id"])
+    client = message_partition(msg, context)
     conf = msg.content["config"]
     server_round = int(conf.get("server-round", 0))
     faults = fault_plan(cfg).draw(server_round, client)
@@ -88,11 +89,10 @@ def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
 
 def client_identity(cfg: DictConfig, msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds and how much training data it has."""
-    client = int(context.node_config["partition-id"])
+    client = message_partition(msg, context)
     data = load_experiment_data(cfg)
     rows = build_task(cfg).client_rows(data, client)
-    metrics = MetricRecord({"partition-id": client, "num-examples": len(rows),
-                            "num-seconds": float(rows["duration"].sum())})
+    metrics = MetricRecord({"partition-id": client, **client_sizes(rows)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 

@@ -21,11 +21,12 @@ from omegaconf import DictConfig
 from fedspeech.experiment_data import ExperimentData, load_experiment_data
 from fedspeech.federation.checkpoint import Checkpoint, resume_checkpoint, save_checkpoint
 from fedspeech.federation.evaluation import is_evaluation_round
-from fedspeech.federation.nodes import ClientInfo, query_nodes
+from fedspeech.federation.nodes import ClientInfo, query_nodes, wait_for_nodes
 from fedspeech.federation.parameters import load_record, numpy_record, record_arrays, to_record
 from fedspeech.federation.round_loop import RoundOutcome
 from fedspeech.federation.screening import Reply
 from fedspeech.federation.strategies import SpeechStrategy, build_strategy
+from fedspeech.federation.virtual_nodes import VirtualClientGrid, client_sizes
 from fedspeech.models.base import SpeechModel
 from fedspeech.models.factory import build_model
 from fedspeech.run_outputs import RunRecorder
@@ -57,6 +58,16 @@ class ServerExperiment:
         strategy = build_strategy(cfg.strategy, population=data.num_clients, seed=int(cfg.seed))
         return cls(cfg, data, task, model, device, evaluator, strategy)
 
+    def clients(self, grid: Grid, wait_s: float) -> dict[int, ClientInfo]:
+        """Who takes part: each node says which partition it holds and its data sizes; nodes
+        that carry every client (`VirtualClientGrid`) are not asked, the partitions on disk say."""
+        num = self.data.num_clients
+        if not isinstance(grid, VirtualClientGrid):
+            return query_nodes(grid, num, wait_s=wait_s, timeout=wait_s)
+        wait_for_nodes(grid, num, wait_s)
+        return {pid: ClientInfo(pid, client_sizes(self.task.client_rows(self.data, pid)))
+                for pid in range(num)}
+
 
 def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: float | None = None,
                   on_round_end: Callable[[dict], None] | None = None,
@@ -85,8 +96,7 @@ def run_federated(cfg: DictConfig, run_dir: Path, grid: Grid, *, started_at: flo
 
     timeout = float(cfg.strategy.round_timeout)
     wait_s = float(cfg.strategy.node_wait_timeout_s)     # to connect, then to answer who they are
-    nodes: dict[int, ClientInfo] = query_nodes(grid, exp.data.num_clients, wait_s=wait_s,
-                                               timeout=wait_s)
+    nodes = exp.clients(grid, wait_s)
     exp.strategy.set_nodes(nodes)
     recorder.node_partitions = {n: c.partition_id for n, c in nodes.items()}
     recorder.nodes_ready()
@@ -153,11 +163,15 @@ def _update_recorder(cfg: DictConfig, run_dir: Path, exp: ServerExperiment):  # 
     return updates
 
 
-def make_server_app(cfg: DictConfig, run_dir: Path, started_at: float | None = None) -> ServerApp:
+def make_server_app(cfg: DictConfig, run_dir: Path, started_at: float | None = None, *,
+                    carriers: int | None = None) -> ServerApp:
+    """The simulation's ServerApp; `carriers`: that many simulated SuperNodes carry every client."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if carriers is not None:
+            grid = VirtualClientGrid(grid, load_experiment_data(cfg).num_clients, carriers)
         run_federated(cfg, run_dir, grid, started_at=started_at)
 
     return app

@@ -34,6 +34,13 @@ def backend_config(cfg: DictConfig) -> dict:
             "init_args": init_args}
 
 
+def carrier_nodes(cfg: DictConfig, num_clients: int) -> int | None:
+    """`simulation.nodes` SuperNodes carrying every client (at most one per client), or None:
+    one SuperNode per client, each holding its own partition."""
+    nodes = cfg.simulation.get("nodes")
+    return None if nodes is None else min(int(nodes), num_clients)
+
+
 def run_in_process(cfg: DictConfig, run_dir: Path, num_clients: int) -> None:
     """Flower's Simulation Engine (Ray backend) in this process, on apps built from `cfg`."""
     from flwr.simulation.run_simulation import _run_simulation
@@ -42,9 +49,10 @@ def run_in_process(cfg: DictConfig, run_dir: Path, num_clients: int) -> None:
     from fedspeech.federation.client_app import make_client_app
     from fedspeech.federation.server_app import make_server_app
 
-    _run_simulation(num_supernodes=num_clients,
-                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                    client_app=make_client_app(cfg), server_app=make_server_app(cfg, run_dir),
+    carriers = carrier_nodes(cfg, num_clients)
+    _run_simulation(num_supernodes=num_clients if carriers is None else carriers,
+                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE, client_app=make_client_app(cfg),
+                    server_app=make_server_app(cfg, run_dir, carriers=carriers),
                     backend_name="ray", backend_config=backend_config(cfg))
 
 
@@ -54,7 +62,9 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
 
     num_clients = load_experiment_data(cfg).num_clients
     runtime = str(cfg.simulation.runtime)
-    print(f"federated run: {num_clients} clients, {cfg.num_rounds} rounds, strategy {cfg.strategy.name}, "
+    carriers = carrier_nodes(cfg, num_clients)
+    on = "" if carriers is None else f" on {carriers} simulated SuperNodes"
+    print(f"federated run: {num_clients} clients{on}, {cfg.num_rounds} rounds, strategy {cfg.strategy.name}, "
           f"model {cfg.model.name}, client resources {dict(cfg.client_resources)}, "
           f"runtime {runtime} -> {run_dir}", flush=True)
     if runtime == "flwr_run":

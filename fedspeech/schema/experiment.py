@@ -70,6 +70,9 @@ class SimulationConfig:
     runtime: str = "in_process"       # in_process | flwr_run
     #: flwr_run only: seconds to wait for the private SuperLink to answer
     superlink_start_timeout_s: float = 60.0
+    #: in_process only: simulated SuperNodes carrying all clients (`federation/virtual_nodes.py`);
+    #: None = one SuperNode per client
+    nodes: Optional[int] = None
 
 
 @dataclass

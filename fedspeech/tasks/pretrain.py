@@ -28,6 +28,7 @@ from fedspeech.experiment_data import ExperimentData
 from fedspeech.federation.evaluation import evaluation_rows
 from fedspeech.federation.kmeans import QUERIES, answer_kmeans, centroid_record, federated_kmeans
 from fedspeech.federation.parameters import array_view
+from fedspeech.federation.virtual_nodes import message_partition
 from fedspeech.files import atomic_write_text
 from fedspeech.models.base import SpeechModel
 from fedspeech.models.factory import cached_model
@@ -91,7 +92,7 @@ class PretrainTask(Task):
         query = msg.content["config"].get("query") if "config" in msg.content else None
         if query not in QUERIES:
             return None
-        client = int(context.node_config["partition-id"])
+        client = message_partition(msg, context)
         model = _pretrain_model(cached_model(cfg.model, data.tokenizer, cfg.seed))
         frames = self._frames(cfg, model, self.client_rows(data, client), data, client)
         return Message(content=answer_kmeans(msg, frames, seed=int(cfg.seed) + client),

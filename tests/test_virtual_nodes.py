@@ -1,0 +1,35 @@
+"""Clients carried by a few simulated SuperNodes give the same run as one SuperNode per client."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
+
+pytestmark = pytest.mark.slow     # whole runs of `python -m fedspeech.main` on Ray
+
+# 6 clients, 3 a round, one client's crash injected now and then: failures must stay attributed
+RUN = [*TINY_CORPUS, *TINY_RUN, "partitioner=iid", "partitioner.num_clients=6", "num_rounds=3",
+       "strategy.num_train_nodes=3", "faults.crash_prob=0.3"]
+SAME = ("wer", "cer", "loss", "train_loss", "participants", "rejected", "skipped",
+        "clients_sampled", "clients_replied", "train_seconds", "bytes_up", "train_steps")
+
+
+def test_two_carrier_nodes_reproduce_one_node_per_client(tiny_data, tmp_path):
+    one_each, carried = tmp_path / "one_each", tmp_path / "carried"
+    run_module("fedspeech.main", f"paths.data={tiny_data}", *RUN, f"hydra.run.dir={one_each}")
+    proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *RUN, "simulation.nodes=2",
+                      f"hydra.run.dir={carried}")
+    assert "6 clients on 2 simulated SuperNodes" in proc.stdout
+    assert "6 nodes ready" in proc.stdout           # every client, no identity query sent
+    expected, got = read_history(one_each), read_history(carried)
+    assert [h["round"] for h in got] == [0, 1, 2, 3]
+    assert any(h["failed"] for h in got[1:]), "the injected crashes should fail some client"
+    for want, have in zip(expected, got):
+        assert {k: have.get(k) for k in SAME} == {k: want.get(k) for k in SAME}, want["round"]
+        # the same clients failed, each named by its own partition (Ray's traceback text differs)
+        assert sorted(have.get("failed", {})) == sorted(want.get("failed", {}))
+        for pid, why in have.get("failed", {}).items():
+            assert f"injected crash of partition {pid} in round {have['round']}" in why
+    # the virtual node ids the server saw are the partition ids
+    assert all(sorted(h["participant_nodes"]) == sorted(h["participants"]) for h in got[1:])
