@@ -5,10 +5,12 @@ Each case is a real run of `python -m fedspeech.main` on the embedded corpus (ii
 `train.max_steps=1` so a round is dominated by moving and folding updates, not by training) with
 `model.hidden_size=768`: a 29 M-parameter model, 115 MB per update. The numbers come from the
 run's own history.json (`server_peak_rss_mb`, `client_compute_s`, `train_wall_s`) and its
-"N nodes ready, X s after launch" line.
+"N nodes ready, X s after launch" line. By default the clients are carried by as many simulated
+SuperNodes as a round has clients (`simulation.nodes`, the setting for large populations);
+`--nodes clients` starts one SuperNode per client, as Flower's examples do.
 
     python benchmarks/scale.py [--only rss,utilisation,population,aggregation] [--out DIR]
-                               [--population-nodes 8|clients]
+                               [--nodes cohort|clients]
 """
 
 from __future__ import annotations
@@ -29,10 +31,17 @@ BIG = ["partitioner=iid", "train.max_steps=1", "model.hidden_size=768", "eval.ma
        "client_resources.num_cpus=1", "verbose=true"]
 
 
-def run(out: Path, name: str, overrides: list[str]) -> tuple[list[dict], float]:
+#: `--nodes`: "cohort" = as many simulated SuperNodes as clients a round, carrying every client
+#: (`simulation.nodes`, the setting for large populations); "clients" = one SuperNode per client
+NODES = "cohort"
+
+
+def run(out: Path, name: str, overrides: list[str], cohort: int) -> tuple[list[dict], float]:
     """One run; returns its history and the seconds from launch to nodes ready."""
     run_dir = out / name
-    cmd = [sys.executable, "-m", "fedspeech.main", *overrides, f"hydra.run.dir={run_dir}"]
+    nodes = [] if NODES == "clients" else [f"simulation.nodes={cohort}"]
+    cmd = [sys.executable, "-m", "fedspeech.main", *overrides, *nodes, f"strategy.num_train_nodes={cohort}",
+           f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"}
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -49,18 +58,15 @@ def peak_rss(history: list[dict]) -> float:
 
 
 def rss_vs_cohort(out: Path) -> None:
-    small, _ = run(out, "cohort4", [*BIG, "partitioner.num_clients=200", "strategy.num_train_nodes=4",
-                                    "num_rounds=2"])
-    large, _ = run(out, "cohort64", [*BIG, "partitioner.num_clients=200", "strategy.num_train_nodes=64",
-                                     "num_rounds=2"])
+    small, _ = run(out, "cohort4", [*BIG, "partitioner.num_clients=200", "num_rounds=2"], 4)
+    large, _ = run(out, "cohort64", [*BIG, "partitioner.num_clients=200", "num_rounds=2"], 64)
     ratio = peak_rss(large) / peak_rss(small)
     print(f"server peak RSS, cohort 64 vs 4 (29 M model): {peak_rss(large):.0f} vs "
           f"{peak_rss(small):.0f} MB = {ratio:.2f}x (goal <= 1.15x)")
 
 
 def utilisation(out: Path, workers: int) -> None:
-    history, _ = run(out, "cohort32", [*BIG, "partitioner.num_clients=200", "strategy.num_train_nodes=32",
-                                       "num_rounds=3"])
+    history, _ = run(out, "cohort32", [*BIG, "partitioner.num_clients=200", "num_rounds=3"], 32)
     rounds = history[2:]                  # round 1 includes the workers' first model build
     compute = sum(h["client_compute_s"] for h in rounds)
     wall = sum(h["train_wall_s"] for h in rounds)
@@ -68,14 +74,11 @@ def utilisation(out: Path, workers: int) -> None:
           f"2-3: {compute:.1f} / ({wall:.1f} x {workers}) = {compute / (wall * workers):.2f} (goal >= 0.95)")
 
 
-def population(out: Path, nodes: str) -> None:
-    """20 vs 2,000 clients, cohort 8, on `nodes` simulated SuperNodes ("clients": one per client)."""
-    common = ["partitioner=iid", "strategy.num_train_nodes=8", "num_rounds=1", "eval.max_utterances=20"]
-    if nodes != "clients":
-        common.append(f"simulation.nodes={nodes}")
-    few, t_few = run(out, f"clients20_nodes{nodes}", [*common, "partitioner.num_clients=20"])
-    many, t_many = run(out, f"clients2000_nodes{nodes}", [*common, "partitioner.num_clients=2000"])
-    on = "one SuperNode per client" if nodes == "clients" else f"simulation.nodes={nodes}"
+def population(out: Path) -> None:
+    common = ["partitioner=iid", "num_rounds=1", "eval.max_utterances=20"]
+    few, t_few = run(out, "clients20", [*common, "partitioner.num_clients=20"], 8)
+    many, t_many = run(out, "clients2000", [*common, "partitioner.num_clients=2000"], 8)
+    on = "one SuperNode per client" if NODES == "clients" else "8 SuperNodes carrying them"
     print(f"server peak RSS, 2,000 vs 20 clients (cohort 8, {on}): {peak_rss(many):.0f} vs "
           f"{peak_rss(few):.0f} MB = {peak_rss(many) / peak_rss(few):.2f}x (goal <= 1.2x)")
     print(f"launch to nodes ready, 2,000 vs 20 clients ({on}): {t_many:.1f} vs {t_few:.1f} s = "
@@ -126,11 +129,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="rss,utilisation,population,aggregation")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fedspeech_scale"))
-    parser.add_argument("--population-nodes", default="8",
-                        help="simulation.nodes of the population case, or 'clients' for one "
-                             "simulated SuperNode per client")
+    parser.add_argument("--nodes", choices=["cohort", "clients"], default="cohort",
+                        help="simulated SuperNodes: as many as the cohort, carrying every client "
+                             "(simulation.nodes), or one per client")
     args = parser.parse_args()
     cases = set(args.only.split(","))
+    global NODES
+    NODES = args.nodes
     args.out.mkdir(parents=True, exist_ok=True)
     workers = os.cpu_count() or 1
     print(f"{workers} cores; every client uses 1 CPU, so {workers} workers run clients at once", flush=True)
@@ -141,7 +146,7 @@ def main() -> None:
     if "utilisation" in cases:
         utilisation(args.out, workers)
     if "population" in cases:
-        population(args.out, args.population_nodes)
+        population(args.out)
 
 
 if __name__ == "__main__":

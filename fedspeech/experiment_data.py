@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from fedspeech.data.audio import AudioCache
 from fedspeech.data.manifest import read_manifest
-from fedspeech.data.partition import client_rows, read_partition
+from fedspeech.data.partition import ClientIndex, read_partition
 from fedspeech.data.text import CharTokenizer
 
 
@@ -32,9 +32,13 @@ class ExperimentData:
     def num_clients(self) -> int:
         return int(self.clients["client"].max()) + 1
 
+    @functools.cached_property
+    def client_index(self) -> ClientIndex:
+        return ClientIndex(self.manifest, self.clients)
+
     def client_rows(self, client: int) -> pd.DataFrame:
         """The manifest rows of one client (checked: the client exists, all its rows are there)."""
-        return client_rows(self.manifest, self.clients, client)
+        return self.client_index.rows(client)
 
     def speakers_of(self, client: int) -> list[str]:
         """The speakers of one client (names a recorded update's speakers)."""

@@ -116,13 +116,34 @@ def read_partition(out_dir: str | Path) -> pd.DataFrame:
     return clients
 
 
+class ClientIndex:
+    """Where each client's utterances are in the manifest, found in one pass over the partition,
+    so that looking up every client of a population of thousands costs one join, not one scan
+    of the manifest per client."""
+
+    def __init__(self, manifest: pd.DataFrame, clients: pd.DataFrame) -> None:
+        self.manifest = manifest
+        self.last_client = int(clients["client"].max())
+        position = pd.Series(np.arange(len(manifest)), index=manifest["id"].astype(str).to_numpy())
+        position = position[~position.index.duplicated()]
+        found = clients["id"].astype(str).map(position)
+        self.sizes = clients.groupby("client").size().to_dict()
+        located = pd.DataFrame({"client": clients["client"].to_numpy(), "pos": found.to_numpy()}).dropna()
+        self.positions = {int(c): np.sort(g["pos"].to_numpy(dtype=np.int64))
+                          for c, g in located.groupby("client")}
+
+    def rows(self, client: int) -> pd.DataFrame:
+        """The manifest rows of one client (in manifest order)."""
+        expected = self.sizes.get(client, 0)
+        if not expected:
+            raise PartitionError(f"client {client} is not in the partition (clients 0..{self.last_client})")
+        positions = self.positions.get(client, np.empty(0, dtype=np.int64))
+        if len(positions) != expected:
+            raise PartitionError(f"client {client}: {expected - len(positions)} of its {expected} utterances "
+                                 "are not in this manifest (partition written from another manifest?)")
+        return self.manifest.iloc[positions]
+
+
 def client_rows(manifest: pd.DataFrame, clients: pd.DataFrame, client: int) -> pd.DataFrame:
-    """The manifest rows of one client (in manifest order)."""
-    ids = clients.loc[clients["client"] == client, "id"]
-    if ids.empty:
-        raise PartitionError(f"client {client} is not in the partition (clients 0..{clients['client'].max()})")
-    rows = manifest[manifest["id"].astype(str).isin(set(ids))]
-    if len(rows) != len(ids):
-        raise PartitionError(f"client {client}: {len(ids) - len(rows)} of its {len(ids)} utterances are not "
-                             "in this manifest (partition written from another manifest?)")
-    return rows
+    """The manifest rows of one client (in manifest order); for many clients use `ClientIndex`."""
+    return ClientIndex(manifest, clients).rows(client)
