@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fedspeech.data.partition import (
+    ClientIndex,
     DirichletPartitioner,
     GroupedSpeakersPartitioner,
     IidPartitioner,
@@ -209,6 +210,26 @@ def test_read_partition_and_client_rows(tmp_path):
     pd.concat([clients, clients.head(1)]).to_csv(tmp_path / "clients.csv", index=False)
     with pytest.raises(PartitionError, match="more than once"):
         read_partition(tmp_path)
+
+
+def test_client_index_matches_per_client_lookup(tmp_path):
+    """One join gives every client the rows and sizes a scan per client gives."""
+    manifest = make_manifest().sample(frac=1.0, random_state=0)       # not in client order
+    write_partition(manifest, GroupedSpeakersPartitioner(num_clients=3), 0, tmp_path)
+    clients = read_partition(tmp_path / "clients.csv")
+    index = ClientIndex(manifest, clients)
+    for client in range(3):
+        ids = set(clients.loc[clients["client"] == client, "id"])
+        scanned = manifest[manifest["id"].isin(ids)]                 # manifest order
+        pd.testing.assert_frame_equal(index.rows(client), scanned)
+        assert index.sizes(client) == {"num-examples": float(len(scanned)),
+                                       "num-seconds": float(scanned["duration"].sum())}
+    with pytest.raises(PartitionError, match="not in the partition"):
+        index.sizes(3)
+    gone, lost = clients["id"].iloc[0], int(clients["client"].iloc[0])
+    short = ClientIndex(manifest[manifest["id"] != gone], clients)
+    with pytest.raises(PartitionError, match="1 of its .* utterances are not in this manifest"):
+        short.sizes(lost)
 
 
 def test_bad_input_gives_clear_errors():

@@ -18,7 +18,7 @@ from fedspeech.experiment_data import load_experiment_data
 from fedspeech.federation.faults import FaultPlan, InjectedFault, poison_with_nan
 from fedspeech.federation.nodes import IDENTITY_QUERY
 from fedspeech.federation.parameters import load_record, to_record
-from fedspeech.federation.virtual_nodes import client_sizes, message_partition
+from fedspeech.federation.virtual_nodes import message_partition
 from fedspeech.models.factory import cached_model
 from fedspeech.tasks import build_task
 
@@ -90,9 +90,8 @@ def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
 def client_identity(cfg: DictConfig, msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds and how much training data it has."""
     client = message_partition(msg, context)
-    data = load_experiment_data(cfg)
-    rows = build_task(cfg).client_rows(data, client)
-    metrics = MetricRecord({"partition-id": client, **client_sizes(rows)})
+    sizes = build_task(cfg).client_sizes(load_experiment_data(cfg), client)
+    metrics = MetricRecord({"partition-id": client, **sizes})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 

@@ -26,7 +26,7 @@ from fedspeech.federation.parameters import load_record, numpy_record, record_ar
 from fedspeech.federation.round_loop import RoundOutcome
 from fedspeech.federation.screening import Reply
 from fedspeech.federation.strategies import SpeechStrategy, build_strategy
-from fedspeech.federation.virtual_nodes import VirtualClientGrid, client_sizes
+from fedspeech.federation.virtual_nodes import VirtualClientGrid
 from fedspeech.models.base import SpeechModel
 from fedspeech.models.factory import build_model
 from fedspeech.run_outputs import RunRecorder
@@ -65,7 +65,7 @@ class ServerExperiment:
         if not isinstance(grid, VirtualClientGrid):
             return query_nodes(grid, num, wait_s=wait_s, timeout=wait_s)
         wait_for_nodes(grid, num, wait_s)
-        return {pid: ClientInfo(pid, client_sizes(self.task.client_rows(self.data, pid)))
+        return {pid: ClientInfo(pid, self.task.client_sizes(self.data, pid))
                 for pid in range(num)}
 
 

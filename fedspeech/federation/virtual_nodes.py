@@ -11,7 +11,7 @@ shows the server one virtual node per client, whose id is the client's partition
   its config (`KEY_PARTITION`); the client trains or answers for that partition
   (`message_partition`), and its reply comes back as from the virtual node;
 - the server knows each client's data sizes from the partition on disk, as the client would
-  report them (`client_sizes`), so no identity query is sent at all.
+  report them (`Task.client_sizes`), so no identity query is sent at all.
 
 Results do not depend on which carrier ran a client: a client's round is seeded by its partition
 and the round (`client_app.client_seed`), and every worker loads the full global model. Simulation
@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-import pandas as pd
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -32,11 +31,6 @@ from fedspeech.federation.replies import ReplyStream
 
 #: config key of a message that names the partition a carrier node works for
 KEY_PARTITION = "partition-id"
-
-
-def client_sizes(rows: pd.DataFrame) -> dict[str, float]:
-    """What a client reports about its training data at start (the aggregation weight bounds)."""
-    return {"num-examples": float(len(rows)), "num-seconds": float(rows["duration"].sum())}
 
 
 def message_partition(msg: Message, context: Context) -> int:

@@ -32,8 +32,13 @@ class Task:
         self.setup_record: dict = {}
 
     def client_rows(self, data: ExperimentData, partition_id: int) -> pd.DataFrame:
-        """The utterances a client trains on (also sizes its aggregation weight at start)."""
+        """The utterances a client trains on."""
         return data.client_rows(partition_id)
+
+    def client_sizes(self, data: ExperimentData, partition_id: int) -> dict[str, float]:
+        """num-examples and num-seconds of `client_rows`, which bound the client's aggregation
+        weight (a task whose `client_rows` drops utterances must say so here too)."""
+        return data.client_index.sizes(partition_id)
 
     def train(self, cfg: DictConfig, model: SpeechModel, rows: pd.DataFrame, data: ExperimentData,
               device: torch.device, config: ConfigRecord, extras: RecordDict, seed: int) -> TrainStats:

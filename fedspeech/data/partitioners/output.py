@@ -124,24 +124,37 @@ class ClientIndex:
     def __init__(self, manifest: pd.DataFrame, clients: pd.DataFrame) -> None:
         self.manifest = manifest
         self.last_client = int(clients["client"].max())
+        self._durations = manifest["duration"].to_numpy(dtype=np.float64)
         position = pd.Series(np.arange(len(manifest)), index=manifest["id"].astype(str).to_numpy())
         position = position[~position.index.duplicated()]
         found = clients["id"].astype(str).map(position)
-        self.sizes = clients.groupby("client").size().to_dict()
+        self._expected = clients.groupby("client").size().to_dict()
         located = pd.DataFrame({"client": clients["client"].to_numpy(), "pos": found.to_numpy()}).dropna()
-        self.positions = {int(c): np.sort(g["pos"].to_numpy(dtype=np.int64))
-                          for c, g in located.groupby("client")}
+        self._positions = {int(c): np.sort(g["pos"].to_numpy(dtype=np.int64))
+                           for c, g in located.groupby("client")}
+
+    def positions(self, client: int) -> np.ndarray:
+        """Manifest row positions of one client, in manifest order (checked: the client exists and
+        every one of its utterances is in the manifest)."""
+        expected = self._expected.get(client, 0)
+        if not expected:
+            raise PartitionError(f"client {client} is not in the partition (clients 0..{self.last_client})")
+        found = self._positions.get(client, np.empty(0, dtype=np.int64))
+        if len(found) != expected:
+            raise PartitionError(f"client {client}: {expected - len(found)} of its {expected} utterances "
+                                 "are not in this manifest (partition written from another manifest?)")
+        return found
 
     def rows(self, client: int) -> pd.DataFrame:
         """The manifest rows of one client (in manifest order)."""
-        expected = self.sizes.get(client, 0)
-        if not expected:
-            raise PartitionError(f"client {client} is not in the partition (clients 0..{self.last_client})")
-        positions = self.positions.get(client, np.empty(0, dtype=np.int64))
-        if len(positions) != expected:
-            raise PartitionError(f"client {client}: {expected - len(positions)} of its {expected} utterances "
-                                 "are not in this manifest (partition written from another manifest?)")
-        return self.manifest.iloc[positions]
+        return self.manifest.iloc[self.positions(client)]
+
+    def sizes(self, client: int) -> dict[str, float]:
+        """How much training data a client has (what it reports at start): its utterances and
+        their seconds, summed in manifest order as `rows(client)["duration"].sum()` does."""
+        positions = self.positions(client)
+        return {"num-examples": float(len(positions)),
+                "num-seconds": float(pd.Series(self._durations[positions]).sum())}
 
 
 def client_rows(manifest: pd.DataFrame, clients: pd.DataFrame, client: int) -> pd.DataFrame:
