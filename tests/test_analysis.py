@@ -24,7 +24,7 @@ from fedspeech.analysis.dp_tradeoff import write_tradeoff
 from fedspeech.analysis.plots import plot_run
 from fedspeech.analysis.results_table import results_table
 from fedspeech.analysis.summary import RunDirError, load_run, spearman, summarize_run
-from fedspeech.analysis.sweep import collect, write_sweep
+from fedspeech.analysis.sweep import collect, short_keys, write_sweep
 from fedspeech.federation.privacy_accounting import UserLevelAccountant
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -248,10 +248,28 @@ def test_sweep_labels_name_what_each_job_ran_not_unset(tmp_path):
     sweep = collect(tmp_path)
     assert list(sweep.configs["n_jobs"]) == [1, 1, 2]
     shutil.rmtree(tmp_path / "4_fedavg35")
-    # a key only one job has (`+key`) is named absent in the others
+    # a key only one job has (`+key`) names that job only: the others do not have it at all
     write_job(tmp_path / "3_extra", ["+train.extra=2"], {**cfg, "num_rounds": 35}, "fedavg", 0.2)
-    assert collect(tmp_path).configs["configuration"].iloc[0] == \
-        "num_rounds=30,strategy=fedavg,train.extra=(absent)"
+    assert list(collect(tmp_path).configs["configuration"]) == [
+        "num_rounds=30,strategy=fedavg", "num_rounds=30,strategy=fedadam", "num_rounds=35,strategy=fedavg",
+        "num_rounds=35,strategy=fedavg,train.extra=2"]
+
+
+def test_sweep_spells_booleans_as_configs_do(tmp_path):
+    """Hydra keeps an override as typed (`federated=False`); the name says false, as the config."""
+    cfg = {"seed": 0, "num_rounds": 2, "strategy": {"name": "fedavg"}}
+    write_job(tmp_path / "0", ["federated=False"], {**cfg, "federated": False}, "fedavg", 0.1)
+    write_job(tmp_path / "1", [], {**cfg, "federated": True}, "fedavg", 0.3)
+    sweep = collect(tmp_path)
+    assert list(sweep.configs["configuration"]) == ["federated=false", "federated=true"]
+    assert list(sweep.labels.values()) == ["federated=false", "federated=true"]
+
+
+def test_sweep_plot_labels_drop_the_prefix_keys_share():
+    assert short_keys(["strategy", "strategy.builder.eta.value", "strategy.builder.tau",
+                       "strategy.dp.noise_multiplier", "num_rounds"]) == {
+        "strategy": "strategy", "strategy.builder.eta.value": "eta.value", "strategy.builder.tau": "tau",
+        "strategy.dp.noise_multiplier": "strategy.dp.noise_multiplier", "num_rounds": "num_rounds"}
 
 
 def test_results_table_from_hand_written_jobs_groups_by_all_but_the_seed(tmp_path):

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import yaml
@@ -44,6 +45,8 @@ class Sweep:
     common: dict[str, str]                      # identifying overrides shared by every job
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]]   # configuration -> (rounds, wer) per job
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: configuration -> its name in plots (shared key prefixes dropped, see `short_keys`)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -80,6 +83,26 @@ def _non_identifying(job: Path) -> set[str]:
 
 
 _ABSENT = object()
+ABSENT = "(absent)"
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each key without the longest dotted prefix (of two parts or more) it shares with another
+    key: `strategy.builder.eta.value` and `strategy.builder.tau` become `eta.value` and `tau`."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        shared = 0
+        for other in keys:
+            if other == key:
+                continue
+            theirs = other.split(".")
+            n = 0
+            while n < min(len(parts), len(theirs)) - 1 and parts[n] == theirs[n]:
+                n += 1
+            shared = max(shared, n)
+        out[key] = ".".join(parts[shared:]) if shared >= 2 else key
+    return out
 
 
 def job_value(run: RunFiles, key: str) -> str:
@@ -94,7 +117,7 @@ def job_value(run: RunFiles, key: str) -> str:
         return str(choice)
     value = run.cfg(key, default=_ABSENT)
     if value is _ABSENT:
-        return "(absent)"
+        return ABSENT
     if isinstance(value, (dict, list)):
         return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
@@ -127,6 +150,12 @@ def _canonical(value: str) -> object:
     if isinstance(parsed, (int, float)):
         return float(parsed)
     return repr(parsed)
+
+
+def _spelt(value: str) -> str:
+    """A value as configs spell it: booleans in lower case, whichever way an override wrote them."""
+    canonical = _canonical(value)
+    return str(canonical).lower() if isinstance(canonical, bool) else value
 
 
 def _fmt_value(x: float, metric: str) -> str:
@@ -179,9 +208,15 @@ def collect(root: str | Path) -> Sweep:
     varying = [k for k in keys if len({_canonical(r["identity"][k]) for r in rows}) > 1]
     common = {k: rows[0]["identity"][k] for k in keys if k not in varying}
     spelling: dict[tuple[str, object], str] = {}      # one value, one name: the first job's spelling
+    short = short_keys(varying)
+    labels: dict[str, str] = {}
     for r in rows:
-        names = [spelling.setdefault((k, _canonical(r["identity"][k])), r["identity"][k]) for k in varying]
-        r["configuration"] = ",".join(f"{k}={v}" for k, v in zip(varying, names)) or ALL_JOBS
+        names = [spelling.setdefault((k, _canonical(r["identity"][k])), _spelt(r["identity"][k]))
+                 for k in varying]
+        # a key the job's config does not have is no part of what the job is
+        named = [(k, v) for k, v in zip(varying, names) if v != ABSENT]
+        r["configuration"] = ",".join(f"{k}={v}" for k, v in named) or ALL_JOBS
+        labels[r["configuration"]] = " ".join(f"{short[k]}={v}" for k, v in named) or ALL_JOBS
     jobs = pd.DataFrame(rows).drop(columns=["identity", "run"])
     order = list(dict.fromkeys(jobs["configuration"]))
 
@@ -197,7 +232,7 @@ def collect(root: str | Path) -> Sweep:
             entry[f"{m}_std"] = float(values.std(ddof=1)) if values.notna().sum() > 1 else float("nan")
         configs.append(entry)
         curves[conf] = [curves_by_job[j] for j in group["job"]]
-    return Sweep(root, jobs, pd.DataFrame(configs), common, curves, skipped)
+    return Sweep(root, jobs, pd.DataFrame(configs), common, curves, skipped, labels)
 
 
 # ---- outputs ----------------------------------------------------------------------------------
@@ -250,8 +285,14 @@ def summary_markdown(sweep: Sweep) -> str:
 
 def plot_comparison(sweep: Sweep, out: Path) -> Path:
     """WER per round, one line per configuration (mean over its seeds, band = ± std)."""
-    fig = Figure(figsize=(7.5, 4.6))
+    entries = sum(1 for jobs in sweep.curves.values() if any(len(r) for r, _ in jobs))
+    columns = 1 if entries <= 8 else 2
+    legend_rows = -(-entries // columns)
+    legend_in = 0.17 * legend_rows                      # the legend goes below the axes
+    fig = Figure(figsize=(7.5 if columns == 1 else 10.0, 4.2 + legend_in))
     ax = fig.subplots()
+    if entries > 10:                                    # the default cycle repeats after 10
+        ax.set_prop_cycle(color=[matplotlib.colormaps["tab20"](i % 20) for i in range(entries)])
     drawn = 0
     for conf, jobs in sweep.curves.items():
         per_job = [pd.Series(100 * w, index=r) for r, w in jobs if len(r)]
@@ -259,7 +300,8 @@ def plot_comparison(sweep: Sweep, out: Path) -> Path:
             continue
         table = pd.concat(per_job, axis=1).sort_index()
         mean = table.mean(axis=1, skipna=True)
-        line = ax.plot(mean.index, mean.to_numpy(), marker="o", ms=3, label=f"{conf} (n={len(per_job)})")[0]
+        label = sweep.labels.get(conf, conf)
+        line = ax.plot(mean.index, mean.to_numpy(), marker="o", ms=3, label=f"{label} (n={len(per_job)})")[0]
         if len(per_job) > 1:
             std = table.std(axis=1, ddof=1, skipna=True).fillna(0.0)
             ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.15)
@@ -270,8 +312,11 @@ def plot_comparison(sweep: Sweep, out: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if drawn:
-        ax.legend(fontsize=7 if drawn > 6 else 8)
-    fig.tight_layout()
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=columns,
+                   fontsize=7 if drawn > 6 else 8, frameon=False)
+        fig.tight_layout(rect=(0, legend_in / (4.2 + legend_in), 1, 1))
+    else:
+        fig.tight_layout()
     return save_figure(fig, out)
 
 
