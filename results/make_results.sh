@@ -62,6 +62,7 @@ cp "$T/comparison.png" results/comparison.png
 $py -m fedspeech.analysis.sweep "$RUNS/$S" > /dev/null
 rm -rf results/server20; mkdir -p results/server20
 cp "$RUNS/$S/summary.md" "$RUNS/$S/summary.csv" "$RUNS/$S/comparison.png" results/server20/
+cp "$RUNS/fedadam60/tau0.1_eta1.0/history.json" results/server20/fedadam60_history.json
 $py -m fedspeech.analysis.dp_tradeoff "$RUNS/dp" --baseline "$T/fedavg/seed0" --round 20 --out results
 for name in fedavg central; do
   $py -m fedspeech.analysis.sweep "$T/$name" > /dev/null
