@@ -25,8 +25,8 @@ from collections.abc import Iterable
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from fedspeech.federation.grid_proxy import GridProxy
 from fedspeech.federation.replies import ReplyStream
 
 #: config key of a message that names the partition a carrier node works for
@@ -40,28 +40,19 @@ def message_partition(msg: Message, context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-class VirtualClientGrid(Grid):
+class VirtualClientGrid(GridProxy):
     """The simulation's grid, seen by the server as one node per client (ids = partition ids)."""
 
     def __init__(self, grid: Grid, population: int, carriers: int) -> None:
         if carriers < 1:
             raise ValueError(f"simulation.nodes must be >= 1, got {carriers}")
-        self.grid = grid
+        super().__init__(grid)
         self.population = int(population)
         self.expected_carriers = int(carriers)
-        self._sent: dict[str, tuple[Message, int]] = {}   # carrier message id -> (original, carrier)
+        #: carrier message id -> (what the reply answers, carrier); the stand-in holds no content, so a
+        #: straggler's entry (never pulled) keeps no copy of the model alive
+        self._sent: dict[str, tuple[Message, int]] = {}
         self._busy: Counter[int] = Counter()
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
 
     def carriers(self) -> list[int]:
         return sorted(self.grid.get_node_ids())
@@ -97,7 +88,11 @@ class VirtualClientGrid(Grid):
             msg_id = pushed[0]
             # the caller pulls by the id of the message it pushed, as with Flower's own grids
             msg.metadata.__dict__["_message_id"] = msg_id
-            self._sent[msg_id] = (msg, carrier)
+            answered = Message(content=RecordDict(), dst_node_id=int(msg.metadata.dst_node_id),
+                               message_type=msg.metadata.message_type, group_id=msg.metadata.group_id,
+                               ttl=msg.metadata.ttl)
+            answered.metadata.__dict__["_message_id"] = msg_id
+            self._sent[msg_id] = (answered, carrier)
             self._busy[carrier] += 1
             ids.append(msg_id)
         return ids

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedspeech.federation.aggregation import NDArrays
+from fedspeech.federation.grid_proxy import GridProxy
 from fedspeech.federation.parameters import record_arrays
 from fedspeech.federation.screening import Reply
 from fedspeech.federation.strategies.base import SpeechStrategy, StateDict
@@ -37,35 +37,15 @@ from fedspeech.federation.strategies.base import SpeechStrategy, StateDict
 _STATE_ATTRS = ("momentum_vector", "clipping_norm")
 
 
-class CohortGrid(Grid):
+class CohortGrid(GridProxy):
     """The real grid, seen by a Flower strategy as holding only the cohort fedspeech sampled."""
 
     def __init__(self, grid: Grid, node_ids: list[int]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.node_ids = list(node_ids)
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
-                         ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 def _accepts(factory: Callable[..., Any], name: str) -> bool:
