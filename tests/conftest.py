@@ -23,6 +23,12 @@ TINY_CORPUS = [
 # evaluates every 5th).
 TINY_RUN = ["model.hidden_size=32", "model.num_layers=1", "model.conv_channels=8",
             "train.batch_seconds=30", "eval.batch_seconds=60", "eval.every=1", "verbose=true"]
+# A HuBERT pretraining model small enough for a CI machine (task=pretrain runs)
+TINY_HUBERT = ["model.num_clusters=16", "model.hidden_size=32", "model.num_hidden_layers=2",
+               "model.num_attention_heads=2", "model.intermediate_size=64",
+               "model.conv_dim=[16,16,16,16,16,16,16]", "model.num_conv_pos_embeddings=16",
+               "model.num_conv_pos_embedding_groups=4", "model.proj_dim=16",
+               "train.batch_seconds=30", "eval.batch_seconds=60", "client_resources.num_cpus=1"]
 
 
 def run_module(module: str, *overrides: str, timeout: int = 600, check: bool = True,

@@ -9,15 +9,9 @@ import json
 
 import pytest
 
-from conftest import TINY_CORPUS, read_history, run_module
+from conftest import TINY_CORPUS, TINY_HUBERT, read_history, run_module
 
 pytestmark = pytest.mark.slow
-
-TINY_HUBERT = ["model.num_clusters=16", "model.hidden_size=32", "model.num_hidden_layers=2",
-               "model.num_attention_heads=2", "model.intermediate_size=64",
-               "model.conv_dim=[16,16,16,16,16,16,16]", "model.num_conv_pos_embeddings=16",
-               "model.num_conv_pos_embedding_groups=4", "model.proj_dim=16",
-               "train.batch_seconds=30", "eval.batch_seconds=60", "client_resources.num_cpus=1"]
 
 
 def test_pretrain_then_distill_through_main(tiny_data, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY_CORPUS, TINY_RUN, read_history, run_module
+from conftest import TINY_CORPUS, TINY_HUBERT, TINY_RUN, read_history, run_module
 
 pytestmark = pytest.mark.slow     # whole runs of `python -m fedspeech.main` on Ray
 
@@ -33,3 +33,20 @@ def test_two_carrier_nodes_reproduce_one_node_per_client(tiny_data, tmp_path):
             assert f"injected crash of partition {pid} in round {have['round']}" in why
     # the virtual node ids the server saw are the partition ids
     assert all(sorted(h["participant_nodes"]) == sorted(h["participants"]) for h in got[1:])
+
+
+def test_pretraining_on_carrier_nodes_reproduces_one_node_per_client(tiny_data, tmp_path):
+    """The k-means phase's queries reach each client through its carrier too: same centroids (each
+    step's inertia), same losses. Replies are taken in partition order, so arrival order cannot
+    change the k-means++ seeding or the sums (this catches a regression there only in the runs
+    whose replies arrive in different orders: about half of them here)."""
+    run = [*TINY_CORPUS, *TINY_HUBERT, "task=pretrain", "num_rounds=2", "strategy.num_train_nodes=2",
+           "task.kmeans.steps=2", "eval.every=1"]
+    one_each, carried = tmp_path / "one_each", tmp_path / "carried"
+    run_module("fedspeech.main", f"paths.data={tiny_data}", *run, f"hydra.run.dir={one_each}")
+    run_module("fedspeech.main", f"paths.data={tiny_data}", *run, "simulation.nodes=2",
+               f"hydra.run.dir={carried}")
+    expected, got = read_history(one_each), read_history(carried)
+    assert [s.get("inertia") for s in got[0]["kmeans"]] == [s.get("inertia") for s in expected[0]["kmeans"]]
+    for key in ("loss", "unit_acc", "participants", "train_loss"):
+        assert [h.get(key) for h in got] == [h.get(key) for h in expected], key

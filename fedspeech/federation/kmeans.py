@@ -149,7 +149,9 @@ class _Phase:
         if stream.unanswered:
             raise RuntimeError(f"nodes {sorted(stream.unanswered)[:10]} did not answer the k-means "
                                f"query within {self.timeout:.0f} s")
-        return replies
+        # in partition order, not arrival order: k-means++ seeding draws from the concatenated
+        # summaries and the float sums depend on their order, so this keeps a run reproducible
+        return sorted(replies, key=lambda r: r[0])
 
 
 def seed_centroids(summaries: list[tuple[np.ndarray, np.ndarray]], k: int, seed: int) -> np.ndarray:
