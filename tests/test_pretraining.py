@@ -91,6 +91,18 @@ def test_federated_kmeans_equals_sklearn_lloyd_and_only_statistics_travel():
     assert ours.steps[-1]["frames"] == len(pooled)
 
 
+def test_federated_kmeans_does_not_depend_on_the_order_replies_arrive_in():
+    shards = [blobs(300, 1), blobs(120, 2), blobs(50, 3)]
+    results = []
+    for order in (sorted, lambda pids: sorted(pids, reverse=True)):
+        with LocalFederation(3, lambda pid, msg: answer_kmeans(msg, shards[pid], seed=pid),
+                             reply_order=order, batch=3) as fed:
+            results.append(federated_kmeans(fed.grid, fed.partition_of, 5, steps=3, seed=0, timeout=30))
+    first, second = results
+    assert np.array_equal(first.centroids, second.centroids)
+    assert [s.get("inertia") for s in first.steps] == [s.get("inertia") for s in second.steps]
+
+
 def test_kmeans_seeding_skips_a_client_without_audio(caplog):
     shards = [blobs(200, 1), np.zeros((0, 3)), blobs(150, 2)]
     with caplog.at_level(logging.WARNING), LocalFederation(3, lambda pid, msg: answer_kmeans(

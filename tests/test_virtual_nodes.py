@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import TINY_CORPUS, TINY_HUBERT, TINY_RUN, read_history, run_module
+from flower_federation import LocalFederation
 
 pytestmark = pytest.mark.slow     # whole runs of `python -m fedspeech.main` on Ray
 
@@ -50,3 +51,31 @@ def test_pretraining_on_carrier_nodes_reproduces_one_node_per_client(tiny_data, 
     assert [s.get("inertia") for s in got[0]["kmeans"]] == [s.get("inertia") for s in expected[0]["kmeans"]]
     for key in ("loss", "unit_acc", "participants", "train_loss"):
         assert [h.get(key) for h in got] == [h.get(key) for h in expected], key
+
+
+def test_only_a_carrier_node_works_for_the_partition_a_message_names(tiny_data):
+    """A deployment's SuperNode answers for its own partition whatever a message names; a
+    simulation carrier for the named one, and refuses a message that names none."""
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from fedspeech.config import compose_config
+    from fedspeech.federation.client_app import client_query
+    from fedspeech.federation.nodes import IDENTITY_QUERY
+    from fedspeech.federation.virtual_nodes import KEY_PARTITION
+
+    cfg = compose_config([f"paths.data={tiny_data}", *TINY_CORPUS])
+    node = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 3},
+                   state=RecordDict(), run_config={})
+
+    def ask(config: dict, carried: bool) -> int:
+        msg = Message(content=RecordDict({"config": ConfigRecord(config)}), dst_node_id=7,
+                      message_type=MessageType.QUERY)
+        reply = client_query(cfg, msg, node, carried=carried)
+        return int(reply.content["metrics"]["partition-id"])
+
+    naming_two = {"query": IDENTITY_QUERY, KEY_PARTITION: 2}
+    with LocalFederation(1, lambda pid, msg: None):     # a run for the messages to belong to
+        assert ask(naming_two, carried=False) == 0
+        assert ask(naming_two, carried=True) == 2
+        with pytest.raises(ValueError, match="must name its client"):
+            ask({"query": IDENTITY_QUERY}, carried=True)

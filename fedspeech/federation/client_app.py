@@ -50,11 +50,12 @@ def client_seed(cfg: DictConfig, server_round: int, partition_id: int) -> int:
     return int(cfg.seed) * 1_000_003 + server_round * 10_007 + partition_id
 
 
-def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
-    """Train the received global model on this client's partition for one round."""
+def client_train(cfg: DictConfig, msg: Message, context: Context, *, carried: bool = False) -> Message:
+    """Train the received global model on this client's partition for one round (`carried`: this
+    node is a simulation carrier and the message names the client, `federation/virtual_nodes.py`)."""
     t0 = time.perf_counter()
     set_threads(cfg)
-    client = message_partition(msg, context)
+    client = message_partition(msg, context, carried=carried)
     conf = msg.content["config"]
     server_round = int(conf.get("server-round", 0))
     faults = fault_plan(cfg).draw(server_round, client)
@@ -87,35 +88,36 @@ def client_train(cfg: DictConfig, msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
-def client_identity(cfg: DictConfig, msg: Message, context: Context) -> Message:
+def client_identity(cfg: DictConfig, msg: Message, client: int) -> Message:
     """Tell the server which partition this node holds and how much training data it has."""
-    client = message_partition(msg, context)
     sizes = build_task(cfg).client_sizes(load_experiment_data(cfg), client)
     metrics = MetricRecord({"partition-id": client, **sizes})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def client_query(cfg: DictConfig, msg: Message, context: Context) -> Message:
+def client_query(cfg: DictConfig, msg: Message, context: Context, *, carried: bool = False) -> Message:
     """QUERY messages: the identity query, or one of the task's own."""
     query = msg.content["config"].get("query") if "config" in msg.content else None
+    client = message_partition(msg, context, carried=carried)
     if query == IDENTITY_QUERY:
-        return client_identity(cfg, msg, context)
-    reply = build_task(cfg).answer(cfg, msg, context, load_experiment_data(cfg))
+        return client_identity(cfg, msg, client)
+    reply = build_task(cfg).answer(cfg, msg, client, load_experiment_data(cfg))
     if reply is None:
         raise ValueError(f"unknown query {query!r}")
     return reply
 
 
-def make_client_app(cfg: DictConfig) -> ClientApp:
-    """A ClientApp bound to an experiment config (simulation passes it to the Ray workers)."""
+def make_client_app(cfg: DictConfig, *, carried: bool = False) -> ClientApp:
+    """A ClientApp bound to an experiment config (simulation passes it to the Ray workers);
+    `carried`: its nodes carry every client (`simulation.nodes`)."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return client_train(cfg, msg, context)
+        return client_train(cfg, msg, context, carried=carried)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return client_query(cfg, msg, context)
+        return client_query(cfg, msg, context, carried=carried)
 
     return app

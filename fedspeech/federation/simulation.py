@@ -51,7 +51,8 @@ def run_in_process(cfg: DictConfig, run_dir: Path, num_clients: int) -> None:
 
     carriers = carrier_nodes(cfg, num_clients)
     _run_simulation(num_supernodes=num_clients if carriers is None else carriers,
-                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE, client_app=make_client_app(cfg),
+                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    client_app=make_client_app(cfg, carried=carriers is not None),
                     server_app=make_server_app(cfg, run_dir, carriers=carriers),
                     backend_name="ray", backend_config=backend_config(cfg))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
@@ -56,9 +56,10 @@ class Task:
         sent with every train message, or None."""
         return None
 
-    def answer(self, cfg: DictConfig, msg: Message, context: Context,
+    def answer(self, cfg: DictConfig, msg: Message, client: int,
                data: ExperimentData) -> Message | None:
-        """Client side: answer this task's own QUERY messages; None = not one of ours."""
+        """Client side: answer this task's own QUERY messages for partition `client`; None = not
+        one of ours."""
         return None
 
     def after_rounds(self, cfg: DictConfig, model: SpeechModel, run_dir: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +28,6 @@ from fedspeech.experiment_data import ExperimentData
 from fedspeech.federation.evaluation import evaluation_rows
 from fedspeech.federation.kmeans import QUERIES, answer_kmeans, centroid_record, federated_kmeans
 from fedspeech.federation.parameters import array_view
-from fedspeech.federation.virtual_nodes import message_partition
 from fedspeech.files import atomic_write_text
 from fedspeech.models.base import SpeechModel
 from fedspeech.models.factory import cached_model
@@ -87,12 +86,11 @@ class PretrainTask(Task):
                              max_frames=self.max_frames, seed=int(cfg.seed),
                              batch_seconds=float(cfg.eval.batch_seconds))
 
-    def answer(self, cfg: DictConfig, msg: Message, context: Context,
+    def answer(self, cfg: DictConfig, msg: Message, client: int,
                data: ExperimentData) -> Message | None:
         query = msg.content["config"].get("query") if "config" in msg.content else None
         if query not in QUERIES:
             return None
-        client = message_partition(msg, context)
         model = _pretrain_model(cached_model(cfg.model, data.tokenizer, cfg.seed))
         frames = self._frames(cfg, model, self.client_rows(data, client), data, client)
         return Message(content=answer_kmeans(msg, frames, seed=int(cfg.seed) + client),
