@@ -79,6 +79,24 @@ def test_large_tensors_folded_in_threads_equal_a_single_thread():
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_the_compiled_fold_adds_each_float32_term_truncated_onto_the_grid():
+    """The fold is compiled code: pin its arithmetic to the documented one, term by term, for a
+    float32 reply, a read-only one (how Flower hands buffers over) and a float64 one."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(5000) * 10.0 ** rng.integers(-6, 2, size=5000)).astype(np.float32)
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    weights = (3.0, 0.7, 11.0)
+    total = ExactSum({"a": (5000,)}, {"a": 256.0}, weight_bound=sum(weights), threads=1)
+    for arrays, w in zip(({"a": x}, {"a": readonly}, {"a": x.astype(np.float64)}), weights):
+        total.add(arrays, w)
+    expected = np.zeros(5000, np.int64)
+    for w in weights:
+        factor = np.float32(w * total._scale["a"])
+        expected += (x * factor).astype(np.float32).astype(np.int64)  # truncation toward zero
+    np.testing.assert_array_equal(total._sums["a"], expected)
+
+
 def test_metrics_are_totals_or_weighted_means_in_any_order():
     per = [(2.0, {"num-seconds": 2.0, "train-loss": 1.0, "partition-id": 0}),
            (6.0, {"num-seconds": 6.0, "train-loss": 3.0, "partition-id": 1})]
