@@ -18,6 +18,7 @@ from fedspeech.experiment_data import load_experiment_data
 from fedspeech.federation.faults import FaultPlan, InjectedFault, poison_with_nan
 from fedspeech.federation.nodes import IDENTITY_QUERY
 from fedspeech.federation.parameters import load_record, to_record
+from fedspeech.federation.ray_transport import send_arrays_out_of_band
 from fedspeech.federation.virtual_nodes import message_partition
 from fedspeech.models.factory import cached_model
 from fedspeech.tasks import build_task
@@ -55,6 +56,7 @@ def client_train(cfg: DictConfig, msg: Message, context: Context, *, carried: bo
     node is a simulation carrier and the message names the client, `federation/virtual_nodes.py`)."""
     t0 = time.perf_counter()
     set_threads(cfg)
+    send_arrays_out_of_band()         # in a Ray worker: the reply's arrays leave uncopied
     client = message_partition(msg, context, carried=carried)
     conf = msg.content["config"]
     server_round = int(conf.get("server-round", 0))
@@ -98,6 +100,7 @@ def client_identity(cfg: DictConfig, msg: Message, client: int) -> Message:
 def client_query(cfg: DictConfig, msg: Message, context: Context, *, carried: bool = False) -> Message:
     """QUERY messages: the identity query, or one of the task's own."""
     query = msg.content["config"].get("query") if "config" in msg.content else None
+    send_arrays_out_of_band()
     client = message_partition(msg, context, carried=carried)
     if query == IDENTITY_QUERY:
         return client_identity(cfg, msg, client)

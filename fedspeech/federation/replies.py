@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedspeech.federation.ray_transport import send_arrays_out_of_band
+
 
 class ReplyStream:
     """Iterate over the replies to `messages`; afterwards `unanswered` names the stragglers."""
@@ -48,6 +50,7 @@ class ReplyStream:
         if not batch:
             return
         destinations = [m.metadata.dst_node_id for m in batch]
+        send_arrays_out_of_band()     # in a simulation: the instructions' arrays cross Ray uncopied
         ids = [i for i in self.grid.push_messages(batch) if i]   # a grid may return None for a failed push
         now = time.monotonic()
         pushed = {m.metadata.message_id: m.metadata.dst_node_id for m in batch}
