@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fedspeech.federation.aggregation import ExactSum, aggregate_metrics, value_bounds
+from fedspeech.federation.aggregation import ExactSum, OutOfRange, aggregate_metrics, value_bounds
 
 
 def terms(n: int = 12, size: int = 4000, seed: int = 0) -> list[tuple[dict[str, np.ndarray], float]]:
@@ -77,6 +77,39 @@ def test_large_tensors_folded_in_threads_equal_a_single_thread():
         results.append(s.total()["a"])
         s.close()
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("bad, reason", [("nan", "non-finite"), ("inf", "non-finite"),
+                                         ("range", "outside the aggregation range")])
+def test_a_term_outside_the_range_raises_and_leaves_the_sums_bit_for_bit(bad, reason):
+    """The range check rides in the fold: a bad term is subtracted back out, exactly, from every
+    tensor it touched (the threaded chunks of a large one included), and counts for nothing."""
+    rng = np.random.default_rng(5)
+    shapes = {"big": (1 << 21,), "small": (7,)}
+    good = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    s = ExactSum(shapes, {"big": 256.0, "small": 256.0}, weight_bound=10.0, threads=2)
+    s.add(good, 3.0)
+    before = {k: v.copy() for k, v in s._sums.items()}
+    poisoned = {k: v * 2 for k, v in good.items()}
+    poisoned["big"][(1 << 21) - 5] = {"nan": np.nan, "inf": -np.inf, "range": 300.0}[bad]
+    with pytest.raises(OutOfRange, match=f"'big' holds.*{reason}"):
+        s.add(poisoned, 2.0)
+    for k in shapes:
+        np.testing.assert_array_equal(s._sums[k], before[k])
+    assert s.count == 1 and s.weight_sum == 3.0
+    s.add(good, 2.0)                                    # and it goes on as if nothing happened
+    sums = s._sums["small"].copy()
+    np.testing.assert_array_equal(s.mean()["small"], sums.astype(np.float64) / (5.0 * s._scale["small"]))
+    s.close()
+
+
+def test_the_result_is_read_once_in_place_of_the_sums():
+    s = ExactSum({"a": (3,)}, {"a": 256.0}, weight_bound=2.0, threads=1)
+    s.add({"a": np.array([0.5, -1.0, 2.0], np.float32)}, 2.0)
+    np.testing.assert_array_equal(s.mean()["a"], [0.5, -1.0, 2.0])
+    for again in (s.mean, s.total, lambda: s.add({"a": np.zeros(3, np.float32)}, 1.0)):
+        with pytest.raises(RuntimeError, match="already turned into the round's result"):
+            again()
 
 
 def test_the_compiled_fold_adds_each_float32_term_truncated_onto_the_grid():

@@ -14,11 +14,16 @@ Each term's factor `w * scale` and its product with `x` are rounded to float32 (
 2**-24 each, what a float32 weighted mean has anyway) and truncated onto the grid (at most one
 step, ~1e-16 of the bound); `mean` divides by the sum of the rounded factors. Its error is thus
 below `3 * 2**-24 * sum(w|x|) / sum(w)` plus one grid step per term: far below the float32
-resolution of the model itself. Costs one pass over each reply tensor, compiled (numba) so the
-product, its conversion and the integer add happen in registers: memory traffic is the reply read
-once and the 64-bit sum read and written once (20 bytes per parameter against 12 for a float32
-add). NumPy has no fused form and converts float to int64 without SIMD, which made the same fold
-5x a float32 sum; large tensors are split over threads.
+resolution of the model itself.
+
+Costs one pass over each reply tensor, compiled (numba) so the range check, the product, its
+conversion and the integer add happen in registers: memory traffic is the reply read once and the
+64-bit sum read and written once (20 bytes per parameter against 12 for a float32 add). The range
+check rides along because a separate screening pass would read every reply a second time: a term
+with NaN, inf or a value beyond its bound folds nothing of it (its tensors are subtracted back,
+exactly: integer addition is reversible) and `add` raises `OutOfRange`. NumPy has no fused form
+and converts float to int64 without SIMD, which made the same fold 5x a float32 sum; large tensors
+are split over threads.
 """
 
 from __future__ import annotations
@@ -44,10 +49,38 @@ _CHUNK = 1 << 20
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _fold(values: np.ndarray, total: np.ndarray, factor: np.float32) -> None:
-    """`total += int64(float32(values * factor))`, truncated toward zero, in one pass."""
+def _fold(values: np.ndarray, total: np.ndarray, factor: np.float32, bound: np.float32,
+          sign: np.int64) -> np.int64:
+    """`total += sign * int64(float32(v * factor))` for every `|v| <= bound` (truncated toward
+    zero), in one pass; returns how many values were not (NaN, inf, out of range: folded as 0)."""
+    bad = 0
     for i in range(values.size):
-        total[i] += np.int64(values[i] * factor)
+        v = values[i]
+        inside = abs(v) <= bound                        # False for NaN
+        total[i] += sign * np.int64((v if inside else np.float32(0.0)) * factor)
+        bad += not inside
+    return bad
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _scaled(total: np.ndarray, out: np.ndarray, divisor: np.float64) -> None:
+    """`out = float64(total) / divisor` in one pass (what `astype` then `/` does in two)."""
+    for i in range(total.size):
+        out[i] = np.float64(total[i]) / divisor
+
+
+class OutOfRange(ValueError):
+    """A term with NaN, inf or a value beyond its tensor's bound; the sums are as they were."""
+
+
+def range_violation(name: str, low: float, high: float, bound: float) -> str | None:
+    """Why a tensor with extremes `low`, `high` cannot be aggregated within `±bound`, or None."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"'{name}' holds non-finite values (NaN or inf)"
+    if max(-low, high) > bound:
+        return (f"'{name}' holds {low if -low > high else high:g}, outside the aggregation "
+                f"range ±{bound:g}")
+    return None
 
 
 def _power_of_two_at_least(value: float) -> float:
@@ -66,8 +99,9 @@ def value_bounds(current: Mapping[str, np.ndarray]) -> dict[str, float]:
 class ExactSum:
     """`sum_i w_i * x_i` over dicts of float arrays, identical for every order of the terms.
 
-    `add` requires `|x| <= value_bounds[name]` (screening guarantees it) and the weights added
-    over the round to stay within `weight_bound`.
+    `add` requires `|x| <= value_bounds[name]` (it raises `OutOfRange` otherwise) and the weights
+    added over the round to stay within `weight_bound`. `mean` or `total` reads the result once,
+    in place of the sums: they end the round.
     """
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], value_bounds: Mapping[str, float],
@@ -84,6 +118,7 @@ class ExactSum:
         self._factors: dict[str, list[float]] = {k: [] for k in shapes}
         self._threads = max(1, threads or min(4, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+        self._released = False
 
     @property
     def count(self) -> int:
@@ -96,41 +131,86 @@ class ExactSum:
         return math.fsum(self._weights)
 
     def add(self, arrays: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
-        """Fold `weight * arrays` into the sums."""
+        """Fold `weight * arrays` into the sums, or raise `OutOfRange` and fold nothing."""
+        self._check_open()
         weight = float(weight)
         if not weight > 0 or not math.isfinite(weight):
             raise ValueError(f"weight must be a positive number, got {weight}")
         if math.fsum([*self._weights, weight]) > self.weight_bound * (1 + 1e-12):
             raise ValueError(f"weights exceed the round's bound {self.weight_bound:g}")
-        jobs = []
-        for name, total in self._sums.items():
-            # float32 terms whatever the reply's dtype: the precision the error bound assumes
-            values = np.asarray(arrays[name], dtype=np.float32).reshape(-1)
-            flat = total.reshape(-1)
-            factor = np.float32(weight * self._scale[name])
+        # float32 terms whatever the reply's dtype: the precision the error bound assumes
+        terms = {name: np.asarray(arrays[name], dtype=np.float32).reshape(-1) for name in self._sums}
+        factors = {name: np.float32(weight * self._scale[name]) for name in self._sums}
+        bad = self._fold_all(terms, factors, sign=1)
+        if any(bad.values()):
+            self._fold_all(terms, factors, sign=-1)        # exact: the sums are as they were
+            name = next(n for n, count in bad.items() if count)
+            values = terms[name]
+            raise OutOfRange(range_violation(name, float(np.min(values)), float(np.max(values)),
+                                             self.value_bounds[name])
+                             or f"'{name}' holds values outside the aggregation range")
+        for name, factor in factors.items():
             self._factors[name].append(float(factor))
-            if self._pool is None or flat.size < _CHUNK:
-                _fold(values, flat, factor)
-                continue
-            bounds = np.linspace(0, flat.size, self._threads + 1, dtype=np.int64)
-            jobs += [self._pool.submit(_fold, values[a:b], flat[a:b], factor)
-                     for a, b in zip(bounds[:-1], bounds[1:])]
-        for job in jobs:
-            job.result()
         self._weights.append(weight)
 
+    def _slices(self, size: int) -> list[tuple[int, int]]:
+        """One contiguous slice of a large tensor per thread."""
+        cuts = [int(c) for c in np.linspace(0, size, self._threads + 1)]
+        return list(zip(cuts[:-1], cuts[1:]))
+
+    def _fold_all(self, terms: Mapping[str, np.ndarray], factors: Mapping[str, np.float32],
+                  sign: int) -> dict[str, int]:
+        """Run `_fold` over every tensor (large ones split over threads); bad values per tensor."""
+        jobs: list[tuple[str, Any]] = []
+        bad = dict.fromkeys(terms, 0)
+        for name, total in self._sums.items():
+            values, flat = terms[name], total.reshape(-1)
+            args = (factors[name], np.float32(self.value_bounds[name]), np.int64(sign))
+            if self._pool is None or flat.size < _CHUNK:
+                bad[name] += int(_fold(values, flat, *args))
+                continue
+            jobs += [(name, self._pool.submit(_fold, values[a:b], flat[a:b], *args))
+                     for a, b in self._slices(flat.size)]
+        for name, job in jobs:
+            bad[name] += int(job.result())
+        return bad
+
+    def _release(self, divisors: Mapping[str, float]) -> NDArrays:
+        """Each sum over its divisor, as float64, written over the sum itself (an int64 and a
+        float64 are both 8 bytes): one pass and no second model-sized array to fault in. A round
+        reads its sums once, so this ends them (large tensors split over threads)."""
+        self._check_open()
+        self._released = True
+        out = {k: s.view(np.float64) for k, s in self._sums.items()}
+        jobs = []
+        for name, total in self._sums.items():
+            flat, dest, divisor = total.reshape(-1), out[name].reshape(-1), np.float64(divisors[name])
+            if self._pool is None or flat.size < _CHUNK:
+                _scaled(flat, dest, divisor)
+                continue
+            jobs += [self._pool.submit(_scaled, flat[a:b], dest[a:b], divisor)
+                     for a, b in self._slices(flat.size)]
+        for job in jobs:
+            job.result()
+        return out
+
     def total(self) -> NDArrays:
-        """The weighted sums (float64)."""
-        return {k: s.astype(np.float64) / self._scale[k] for k, s in self._sums.items()}
+        """The weighted sums (float64); releases them (see `_release`)."""
+        return self._release(self._scale)
 
     def mean(self) -> NDArrays:
-        """The weighted mean: sums / sum of the weights applied."""
+        """The weighted mean: sums / sum of the weights applied; releases the sums."""
         if not self._weights:
             raise ValueError("no terms were added")
-        return {k: s.astype(np.float64) / math.fsum(self._factors[k]) for k, s in self._sums.items()}
+        return self._release({k: math.fsum(f) for k, f in self._factors.items()})
+
+    def _check_open(self) -> None:
+        if self._released:
+            raise RuntimeError("the sums were already turned into the round's result "
+                               "(mean/total end an ExactSum)")
 
     def close(self) -> None:
-        """Release the threads (the sums stay readable)."""
+        """Release the threads (`mean` and `total` still work, in one thread)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None

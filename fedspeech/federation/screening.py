@@ -5,8 +5,12 @@ non-finite or absurdly large values, an impossible weight, or (optionally) an up
 exceeds `max_update_norm` is that client's failure for the round, with a reason. It never reaches
 the running sums and never aborts the run (unless the strategy was told not to accept failures).
 
-Values are checked with one multithreaded min/max pass per tensor (NaN propagates through it,
-so it also finds NaN and inf); the update norm, when bounded, costs one more pass.
+Values (NaN, inf, beyond the aggregation range) are checked where it costs least: a plain
+weighted mean checks them in the pass that folds them (`aggregation.ExactSum.add` raises
+`OutOfRange`, which the strategy turns into this reply's rejection), so screening reads a reply's
+values only when something else reads them first — DP clipping, a norm bound, a Flower strategy
+(`ReplySpec.check_values`): then one multithreaded min/max pass per tensor (NaN propagates through
+it, so it also finds NaN and inf), and the update norm, when bounded, one more.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from flwr.app import Message
 
+from fedspeech.federation.aggregation import range_violation
 from fedspeech.federation.parameters import array_view, readonly_tensor
 
 ARRAYS_KEY = "arrays"
@@ -53,6 +58,8 @@ class ReplySpec:
     #: the global arrays the round started from (needed for the norm bound)
     current: Mapping[str, np.ndarray] | None = None
     max_update_norm: float | None = None
+    #: check the values here (False: the fold checks them as it adds them)
+    check_values: bool = True
 
 
 @dataclass
@@ -119,12 +126,9 @@ def check_values(arrays: Mapping[str, np.ndarray], bounds: Mapping[str, float]) 
         if values.size == 0:
             continue
         low, high = (float(v) for v in torch.aminmax(readonly_tensor(values)))
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ReplyRejected(f"'{name}' holds non-finite values (NaN or inf)")
-        bound = bounds[name]
-        if max(-low, high) > bound:
-            raise ReplyRejected(f"'{name}' holds {low if -low > high else high:g}, outside the "
-                                f"aggregation range ±{bound:g}")
+        reason = range_violation(name, low, high, bounds[name])
+        if reason is not None:
+            raise ReplyRejected(reason)
 
 
 def update_norm(arrays: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> float:
@@ -150,7 +154,8 @@ def screen_reply(msg: Message, spec: ReplySpec) -> Reply:
         raise ReplyRejected(f"reply claims partition {claimed}, the node holds {partition}")
     weight = _weight(metrics, spec, node_id)
     arrays = _arrays(msg, spec)
-    check_values(arrays, spec.value_bounds)
+    if spec.check_values:
+        check_values(arrays, spec.value_bounds)
     norm = None
     if spec.max_update_norm is not None:
         if spec.current is None:

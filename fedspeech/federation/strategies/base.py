@@ -37,7 +37,8 @@ from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
-from fedspeech.federation.aggregation import ExactSum, NDArrays, aggregate_metrics, value_bounds
+from fedspeech.federation.aggregation import (ExactSum, NDArrays, OutOfRange, aggregate_metrics,
+                                              value_bounds)
 from fedspeech.federation.nodes import ClientInfo
 from fedspeech.federation.parameters import array_view, numpy_record
 from fedspeech.federation.privacy import UserLevelDP
@@ -175,7 +176,8 @@ class SpeechStrategy(Strategy):
             weight_key=None if self.privacy is not None else self.weighted_by_key,
             weight_bounds=self._weight_bounds(node_ids, int(cfg[KEY_LOCAL_EPOCHS])),
             partitions={n: info.partition_id for n, info in self.nodes.items()},
-            current=self.current_arrays, max_update_norm=self.max_update_norm)
+            current=self.current_arrays, max_update_norm=self.max_update_norm,
+            check_values=not self.fold_checks_values())
         self.last_round = RoundReport(server_round, sampled=list(node_ids))
         log(INFO, "configure_train: round %d, sampled %d of %d nodes, lr=%.4g", server_round,
             len(node_ids), len(connected), cfg[KEY_LR])
@@ -197,12 +199,21 @@ class SpeechStrategy(Strategy):
         weight_bound = math.fsum(spec.weight_bounds.values())
         return ExactSum(spec.shapes, spec.value_bounds, weight_bound)
 
+    def fold_checks_values(self) -> bool:
+        """Whether `fold` itself rejects NaN/inf/out-of-range values, in the pass that adds them
+        (the plain weighted mean); otherwise screening reads them first (DP clipping and the norm
+        bound read the values before anything is added)."""
+        return self.privacy is None and self.max_update_norm is None
+
     def fold(self, aggregate: Any, reply: Reply, message: Message) -> None:
         """Add one screened reply to the round's aggregate (`message` is the raw reply)."""
-        if self.privacy is not None:
-            self.privacy.fold(aggregate, reply.arrays)
-        else:
-            aggregate.add(reply.arrays, reply.weight)
+        try:
+            if self.privacy is not None:
+                self.privacy.fold(aggregate, reply.arrays)
+            else:
+                aggregate.add(reply.arrays, reply.weight)
+        except OutOfRange as why:
+            raise ReplyRejected(str(why)) from why
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

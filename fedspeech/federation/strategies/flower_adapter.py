@@ -106,6 +106,9 @@ class FlowerStrategy(SpeechStrategy):
                 message.content[key] = record
         return messages
 
+    def fold_checks_values(self) -> bool:
+        return False                                  # Flower sums whatever it is given
+
     def new_aggregate(self, spec: Any, cohort: int) -> list[tuple[int, Message]]:
         return []
 
