@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from fedspeech import CONFIG_DIR  # noqa: E402
 from fedspeech.config import exit_on_config_error, register_resolvers, validate_config  # noqa: E402
 from fedspeech.dataset_preparation import prepare  # noqa: E402
+from fedspeech.run_log import run_log  # noqa: E402
 
 
 def quiet_library_logs() -> None:
@@ -41,13 +42,14 @@ def main(cfg: DictConfig) -> float | None:
     # resolved once here: the apps (and Ray workers) see plain values, no resolvers needed there
     OmegaConf.resolve(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    prepare(cfg, force=bool(cfg.force_prepare), stages=tuple(cfg.prepare_stages))
-    if cfg.federated:
-        from fedspeech.federation.simulation import run_simulation
-        run_simulation(cfg, run_dir)
-    else:
-        from fedspeech.centralised import run_centralised
-        run_centralised(cfg, run_dir)
+    with run_log(run_dir):
+        prepare(cfg, force=bool(cfg.force_prepare), stages=tuple(cfg.prepare_stages))
+        if cfg.federated:
+            from fedspeech.federation.simulation import run_simulation
+            run_simulation(cfg, run_dir)
+        else:
+            from fedspeech.centralised import run_centralised
+            run_centralised(cfg, run_dir)
     history = run_dir / "history.json"
     if history.is_file():
         import json

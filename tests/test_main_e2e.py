@@ -19,6 +19,9 @@ def test_federated_run_writes_run_dir(tiny_data, tmp_path):
                       "train.speed_perturb=[0.9,1.0,1.1]", "logger=tensorboard",
                       f"hydra.run.dir={run_dir}")
     assert "[round 2/2]" in proc.stdout
+    # main.log keeps what the console showed: fedspeech's progress, Flower's log, without colours
+    log = (run_dir / "main.log").read_text()
+    assert "[round 2/2]" in log and "configure_train: round 2" in log and "\x1b[" not in log
     # the run's own TensorBoard events hold every round's WER, as history.json does
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(run_dir / "tensorboard"))

@@ -1,0 +1,66 @@
+"""The run directory's `main.log`: what the run showed on the console, kept with its results.
+
+Hydra's job log only receives records of Python's root logger, and a run reports mostly through
+other channels: fedspeech prints one progress line per stage and round, Flower logs through its
+own handler (not propagated, so the console does not show it twice) and Ray forwards the client
+actors' output to this process's stdout. So `main.log` stayed empty. `run_log` copies every line
+written to `sys.stdout` / `sys.stderr` (and Flower's handler) into it, colour codes stripped, while
+the console keeps showing everything as before. Output of child processes that write to the file
+descriptors directly (a `flwr run` SuperLink) is not copied: their own logs name where it goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+#: ANSI colour/style codes (Flower's console handler colours its level names)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_NAME = "main.log"
+
+
+class _Tee:
+    """A text stream that writes to `console` and, without colour codes, to `log`."""
+
+    def __init__(self, console: TextIO, log: TextIO) -> None:
+        self.console = console
+        self.log = log
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        if not self.log.closed:
+            self.log.write(_ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        if not self.log.closed:
+            self.log.flush()
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - isatty, fileno, encoding: the console's
+        return getattr(self.console, name)
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[Path]:
+    """Copy the console (stdout, stderr, Flower's log) into `run_dir/main.log` while inside."""
+    path = Path(run_dir) / LOG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flower_handlers = [h for h in logging.getLogger("flwr").handlers
+                       if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    with path.open("a", encoding="utf-8", buffering=1) as log:   # line-buffered, appended to Hydra's
+        saved = sys.stdout, sys.stderr, [h.stream for h in flower_handlers]
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        for handler in flower_handlers:
+            handler.setStream(_Tee(handler.stream, log))
+        try:
+            yield path
+        finally:
+            sys.stdout, sys.stderr = saved[0], saved[1]
+            for handler, stream in zip(flower_handlers, saved[2]):
+                handler.setStream(stream)
