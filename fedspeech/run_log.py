@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,22 +26,40 @@ LOG_NAME = "main.log"
 
 
 class _Tee:
-    """A text stream that writes to `console` and, without colour codes, to `log`."""
+    """A text stream that writes to `console` and, without colour codes, to `log` until
+    `detach` (threads such as Ray's log monitor may still write after the run has ended)."""
 
     def __init__(self, console: TextIO, log: TextIO) -> None:
         self.console = console
-        self.log = log
+        self._log: TextIO | None = log
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         self.console.write(text)
-        if not self.log.closed:
-            self.log.write(_ANSI.sub("", text))
+        with self._lock:
+            if self._log is not None:
+                self._log.write(_ANSI.sub("", text))
         return len(text)
 
     def flush(self) -> None:
         self.console.flush()
-        if not self.log.closed:
-            self.log.flush()
+        with self._lock:
+            if self._log is not None:
+                self._log.flush()
+
+    def detach(self) -> None:
+        """Stop copying into the log (the console keeps everything)."""
+        with self._lock:
+            self._log = None
+
+    def close(self) -> None:
+        """Closing a copy of the console must not close the console (logging and Ray close
+        the streams they were given when they shut down)."""
+        self.detach()
+
+    @property
+    def closed(self) -> bool:
+        return self.console.closed
 
     def __getattr__(self, name: str):  # noqa: ANN204 - isatty, fileno, encoding: the console's
         return getattr(self.console, name)
@@ -55,12 +74,16 @@ def run_log(run_dir: Path) -> Iterator[Path]:
                        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
     with path.open("a", encoding="utf-8", buffering=1) as log:   # line-buffered, appended to Hydra's
         saved = sys.stdout, sys.stderr, [h.stream for h in flower_handlers]
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        tees = [_Tee(sys.stdout, log), _Tee(sys.stderr, log)]
+        sys.stdout, sys.stderr = tees
         for handler in flower_handlers:
-            handler.setStream(_Tee(handler.stream, log))
+            tees.append(_Tee(handler.stream, log))
+            handler.setStream(tees[-1])
         try:
             yield path
         finally:
             sys.stdout, sys.stderr = saved[0], saved[1]
             for handler, stream in zip(flower_handlers, saved[2]):
                 handler.setStream(stream)
+            for tee in tees:                # before the file closes: some may still be held
+                tee.detach()

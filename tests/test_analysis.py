@@ -182,6 +182,9 @@ def test_sweep_summary_on_a_real_multirun(sweep_dir):
     jobs = table[table["row"] == "job"]
     assert sorted(jobs["seed"].astype(int)) == [1, 2]
     finals = [read_history(sweep_dir / str(j))[-1]["wer"] for j in (0, 1)]
+    for j in (0, 1):                      # each job's console in its own main.log
+        log = (sweep_dir / str(j) / "main.log").read_text()
+        assert "[round 1/1]" in log and f"-> {sweep_dir / str(j)}" in log
     assert sorted(jobs["final_wer"]) == pytest.approx(sorted(finals))
     conf = table[table["row"] == "configuration"]
     assert len(conf) == 1 and int(conf["n_jobs"].iloc[0]) == 2
