@@ -19,6 +19,7 @@ from fedspeech.data.batching import Batch, UtteranceLoader
 from fedspeech.data.text import CharTokenizer
 from fedspeech.federation.kmeans import (STATS_QUERY, answer_kmeans, federated_kmeans,
                                          fit_local_kmeans, local_summary, seed_centroids)
+from fedspeech.federation.parameters import array_view
 from fedspeech.models.pretraining.distil import DistilHubert, scaled_target_layers
 from fedspeech.models.pretraining.hubert import HubertPretrain
 from fedspeech.models.pretraining.units import PAD_UNIT, UnitLabeller
@@ -76,7 +77,8 @@ def test_federated_kmeans_equals_sklearn_lloyd_and_only_statistics_travel():
 
     def handler(pid, msg):  # noqa: ANN001, ANN202
         reply = answer_kmeans(msg, shards[pid], seed=pid)
-        seen.append(tuple(f"{k}{tuple(np.array(v.numpy()).shape)}" for k, v in reply["stats"].items()))
+        # array_view, not Array.numpy(): it parses the header under the lock (see parameters.py)
+        seen.append(tuple(f"{k}{array_view(v).shape}" for k, v in reply["stats"].items()))
         return reply
 
     with LocalFederation(3, handler) as fed:

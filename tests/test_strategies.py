@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian
 
 from fedspeech.federation.nodes import query_nodes
-from fedspeech.federation.parameters import numpy_record, record_arrays
+from fedspeech.federation.parameters import array_view, numpy_record, record_arrays
 from fedspeech.federation.schedules import Constant, LinearWarmup, StepDecay
 from fedspeech.federation.server_updates import adam_step, lamb_step
 from fedspeech.federation.strategies import (ClientFailuresError, FedLAMB, FlowerStrategy,
@@ -423,7 +423,7 @@ def test_a_tasks_extra_records_reach_every_client(make):
     seen: dict[int, np.ndarray] = {}
 
     def train(pid: int, msg: Message) -> RecordDict:
-        seen[pid] = np.array(msg.content["centroids"]["c"].numpy())
+        seen[pid] = np.array(array_view(msg.content["centroids"]["c"]))    # header parsed under the lock
         return honest(pid, msg)
 
     strategy = make()

@@ -8,6 +8,7 @@ bytes in place (`array_view`) and write each tensor with a single copy (`array_f
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -17,6 +18,11 @@ from flwr.app import Array, ArrayRecord
 from fedspeech.models.base import SpeechModel
 
 NUMPY_STYPE = "numpy.ndarray"
+#: NumPy parses every `.npy` header with `ast.literal_eval`; on CPython 3.11 threads that build AST
+#: objects at the same time can fail with `SystemError: AST constructor recursion depth mismatch`
+#: (seen in a client thread of the threaded test federation while others parsed headers; CPython
+#: gh-106905 and pytest#10763 describe the symptom). Parsing one header at a time costs microseconds.
+_HEADER_LOCK = threading.Lock()
 
 
 def trainable_state(model: SpeechModel) -> dict[str, torch.Tensor]:
@@ -48,7 +54,8 @@ def array_view(array: Array) -> np.ndarray:
     version = np.lib.format.read_magic(stream)
     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                    else np.lib.format.read_array_header_2_0)
-    shape, fortran, dtype = read_header(stream)
+    with _HEADER_LOCK:
+        shape, fortran, dtype = read_header(stream)
     if fortran:
         raise ValueError("Fortran-ordered arrays are not exchanged")
     return np.frombuffer(array.data, dtype=dtype, count=int(np.prod(shape)),
