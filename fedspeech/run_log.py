@@ -53,8 +53,8 @@ class _Tee:
             self._log = None
 
     def close(self) -> None:
-        """Closing a copy of the console must not close the console (logging and Ray close
-        the streams they were given when they shut down)."""
+        """Closing a copy of the console must not close the console: between Hydra multirun
+        jobs something closed the stream it had been given, and with it the real stderr."""
         self.detach()
 
     @property
