@@ -179,6 +179,13 @@ def _validate_simulation(typed: DictConfig) -> None:
         _require(sim.runtime == "in_process", "simulation.nodes",
                  "needs simulation.runtime=in_process (with flwr_run, Flower starts one SuperNode "
                  "per client); leave it null")
+    ray = typed.ray_init_args
+    if ray.address is not None:
+        # a cluster's size is set where it was started (`ray start`); ray.init refuses it here
+        for key in ("num_cpus", "num_gpus", "object_store_memory"):
+            _require(ray.get(key) is None, f"ray_init_args.{key}",
+                     f"must be null when joining a running cluster (ray_init_args.address="
+                     f"{ray.address}): give it to `ray start` on each node instead")
     if sim.runtime == "flwr_run" and typed.federated:
         # Flower's simulation config carries cpus/gpus only; the rest cannot reach ray.init
         for key in ("object_store_memory",):

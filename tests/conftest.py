@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ray_cluster import SharedRayCluster
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -31,11 +33,36 @@ TINY_HUBERT = ["model.num_clusters=16", "model.hidden_size=32", "model.num_hidde
                "train.batch_seconds=30", "eval.batch_seconds=60", "client_resources.num_cpus=1"]
 
 
+def _test_env() -> dict[str, str]:
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0",
+            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+SHARED_RAY = SharedRayCluster(_test_env())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    SHARED_RAY.stop()
+
+
+def _joins_shared_ray(module: str, overrides: tuple[str, ...]) -> bool:
+    """Federated in-process runs that leave Ray's settings alone join the suite's cluster."""
+    if module != "fedspeech.main":
+        return False
+    return not any(o.startswith(("ray_init_args.", "+ray_init_args.")) or o in (
+        "simulation.runtime=flwr_run", "federated=false", "--help") for o in overrides)
+
+
 def run_module(module: str, *overrides: str, timeout: int = 600, check: bool = True,
-               env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m <module> <overrides>` from the repo root, as a user would."""
-    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0",
-                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+               env: dict | None = None, own_ray: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <overrides>` from the repo root, as a user would.
+
+    A federated run joins the suite's Ray cluster (`tests/ray_cluster.py`) unless it sets
+    `ray_init_args` itself or asks for `own_ray` (Ray started and stopped by the run).
+    """
+    full_env = {**_test_env(), **(env or {})}
+    if not own_ray and _joins_shared_ray(module, overrides):
+        overrides = (*overrides, f"ray_init_args.address='{SHARED_RAY.start()}'")
     proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -103,6 +103,8 @@ def test_every_shipped_config_validates(overrides, request):
     (["simulation.nodes=0"], "simulation.nodes: must be >= 1 or null, got 0"),
     (["simulation.nodes=4", "simulation.runtime=flwr_run"],
      "simulation.nodes: needs simulation.runtime=in_process"),
+    (["ray_init_args.address=auto", "ray_init_args.num_cpus=4"],
+     "ray_init_args.num_cpus: must be null when joining a running cluster"),
 ])
 def test_bad_key_or_value_names_it(overrides, message):
     with pytest.raises(ConfigError) as err:

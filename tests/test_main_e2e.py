@@ -17,7 +17,7 @@ def test_federated_run_writes_run_dir(tiny_data, tmp_path):
     proc = run_module("fedspeech.main", f"paths.data={tiny_data}", *TINY_CORPUS, *TINY_RUN,
                       "num_rounds=2", "strategy.num_train_nodes=2", "client_resources.num_cpus=1",
                       "train.speed_perturb=[0.9,1.0,1.1]", "logger=tensorboard",
-                      f"hydra.run.dir={run_dir}")
+                      f"hydra.run.dir={run_dir}", own_ray=True)    # Ray started by the run
     assert "[round 2/2]" in proc.stdout
     # main.log keeps what the console showed: fedspeech's progress, Flower's log, without colours
     log = (run_dir / "main.log").read_text()

@@ -35,7 +35,7 @@ def test_both_runtimes_take_resources_from_the_hydra_config():
 @pytest.mark.parametrize("overrides, key", [
     (["simulation.runtime=ray"], "simulation.runtime"),
     (["simulation.runtime=flwr_run", "client_resources.num_cpus=0.5"], "client_resources.num_cpus"),
-    (["simulation.runtime=flwr_run", "+ray_init_args.object_store_memory=1000000"],
+    (["simulation.runtime=flwr_run", "ray_init_args.object_store_memory=1000000"],
      "ray_init_args.object_store_memory"),
     (["simulation.runtime=flwr_run", "ray_init_args.include_dashboard=true"],
      "ray_init_args.include_dashboard"),
