@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -158,22 +158,31 @@ class ExactSum:
         cuts = [int(c) for c in np.linspace(0, size, self._threads + 1)]
         return list(zip(cuts[:-1], cuts[1:]))
 
+    def _per_tensor(self, kernel: Callable[..., Any],
+                    calls: Mapping[str, tuple[tuple[np.ndarray, ...], tuple[Any, ...]]]
+                    ) -> dict[str, int]:
+        """`kernel(*arrays, *scalars)` for each tensor's flat arrays, a large tensor cut into one
+        slice per thread; each tensor's kernel results (counts) summed, 0 where it returns None."""
+        results = dict.fromkeys(calls, 0)
+        jobs: list[tuple[str, Any]] = []
+        for name, (arrays, scalars) in calls.items():
+            size = arrays[0].size
+            if self._pool is None or size < _CHUNK:
+                results[name] += int(kernel(*arrays, *scalars) or 0)
+                continue
+            jobs += [(name, self._pool.submit(kernel, *(x[a:b] for x in arrays), *scalars))
+                     for a, b in self._slices(size)]
+        for name, job in jobs:
+            results[name] += int(job.result() or 0)
+        return results
+
     def _fold_all(self, terms: Mapping[str, np.ndarray], factors: Mapping[str, np.float32],
                   sign: int) -> dict[str, int]:
-        """Run `_fold` over every tensor (large ones split over threads); bad values per tensor."""
-        jobs: list[tuple[str, Any]] = []
-        bad = dict.fromkeys(terms, 0)
-        for name, total in self._sums.items():
-            values, flat = terms[name], total.reshape(-1)
-            args = (factors[name], np.float32(self.value_bounds[name]), np.int64(sign))
-            if self._pool is None or flat.size < _CHUNK:
-                bad[name] += int(_fold(values, flat, *args))
-                continue
-            jobs += [(name, self._pool.submit(_fold, values[a:b], flat[a:b], *args))
-                     for a, b in self._slices(flat.size)]
-        for name, job in jobs:
-            bad[name] += int(job.result())
-        return bad
+        """Run `_fold` over every tensor; the count of out-of-range values per tensor."""
+        return self._per_tensor(_fold, {
+            name: ((terms[name], total.reshape(-1)),
+                   (factors[name], np.float32(self.value_bounds[name]), np.int64(sign)))
+            for name, total in self._sums.items()})
 
     def _release(self, divisors: Mapping[str, float]) -> NDArrays:
         """Each sum over its divisor, as float64, written over the sum itself (an int64 and a
@@ -182,16 +191,9 @@ class ExactSum:
         self._check_open()
         self._released = True
         out = {k: s.view(np.float64) for k, s in self._sums.items()}
-        jobs = []
-        for name, total in self._sums.items():
-            flat, dest, divisor = total.reshape(-1), out[name].reshape(-1), np.float64(divisors[name])
-            if self._pool is None or flat.size < _CHUNK:
-                _scaled(flat, dest, divisor)
-                continue
-            jobs += [self._pool.submit(_scaled, flat[a:b], dest[a:b], divisor)
-                     for a, b in self._slices(flat.size)]
-        for job in jobs:
-            job.result()
+        self._per_tensor(_scaled, {
+            name: ((total.reshape(-1), out[name].reshape(-1)), (np.float64(divisors[name]),))
+            for name, total in self._sums.items()})
         return out
 
     def total(self) -> NDArrays:
