@@ -11,18 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from deployment_processes import free_ports
 
 
 class SharedRayCluster:
@@ -40,16 +35,16 @@ class SharedRayCluster:
             return self.address
         # Ray's socket paths live under the temp dir and must stay short (AF_UNIX limit)
         self._temp_dir = Path(tempfile.mkdtemp(prefix="fsray-"))
-        port = _free_port()
+        port, = free_ports(1)
         ray = Path(sys.executable).with_name("ray")
-        log = (self._temp_dir / "ray_start.log").open("w")
         # the workers inherit this process's environment (not the joining driver's)
-        self._proc = subprocess.Popen(
-            [str(ray), "start", "--head", "--block", f"--port={port}",
-             "--node-ip-address=127.0.0.1", f"--num-cpus={os.cpu_count()}", "--num-gpus=0",
-             "--include-dashboard=false", "--disable-usage-stats",
-             f"--temp-dir={self._temp_dir}"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with (self._temp_dir / "ray_start.log").open("w") as log:
+            self._proc = subprocess.Popen(
+                [str(ray), "start", "--head", "--block", f"--port={port}",
+                 "--node-ip-address=127.0.0.1", f"--num-cpus={os.cpu_count()}", "--num-gpus=0",
+                 "--include-dashboard=false", "--disable-usage-stats",
+                 f"--temp-dir={self._temp_dir}"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         ready = self._temp_dir / "ray_current_cluster"      # written once the head is up
         deadline = time.monotonic() + timeout_s
         while not ready.is_file():
