@@ -81,26 +81,48 @@ def test_large_tensors_folded_in_threads_equal_a_single_thread():
 
 @pytest.mark.parametrize("bad, reason", [("nan", "non-finite"), ("inf", "non-finite"),
                                          ("range", "outside the aggregation range")])
-def test_a_term_outside_the_range_raises_and_leaves_the_sums_bit_for_bit(bad, reason):
-    """The range check rides in the fold: a bad term is subtracted back out, exactly, from every
-    tensor it touched (the threaded chunks of a large one included), and counts for nothing."""
+@pytest.mark.parametrize("position", ["held", "paired"])
+def test_a_term_outside_the_range_raises_and_counts_for_nothing(bad, reason, position):
+    """A bad term is refused whether it arrives first of a pair (range-checked on arrival) or
+    second (checked in the pass that folds both, then subtracted back out exactly, from every
+    threaded chunk of a large tensor): the result is bit for bit that of the good terms alone."""
     rng = np.random.default_rng(5)
     shapes = {"big": (1 << 21,), "small": (7,)}
-    good = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
-    s = ExactSum(shapes, {"big": 256.0, "small": 256.0}, weight_bound=10.0, threads=2)
-    s.add(good, 3.0)
-    before = {k: v.copy() for k, v in s._sums.items()}
-    poisoned = {k: v * 2 for k, v in good.items()}
+    good = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(3)]
+    poisoned = {k: v * 2 for k, v in good[0].items()}
     poisoned["big"][(1 << 21) - 5] = {"nan": np.nan, "inf": -np.inf, "range": 300.0}[bad]
-    with pytest.raises(OutOfRange, match=f"'big' holds.*{reason}"):
-        s.add(poisoned, 2.0)
+    bounds = {"big": 256.0, "small": 256.0}
+
+    def run(with_bad: bool) -> dict[str, np.ndarray]:
+        s = ExactSum(shapes, bounds, weight_bound=10.0, threads=2)
+        before_bad = 0 if position == "held" else 1
+        for i, (arrays, w) in enumerate(zip(good, (3.0, 2.0, 1.5))):
+            if with_bad and i == before_bad:
+                with pytest.raises(OutOfRange, match=f"'big' holds.*{reason}"):
+                    s.add(poisoned, 2.0)
+                assert s.count == i and s.weight_sum == sum((3.0, 2.0, 1.5)[:i])
+            s.add(arrays, w)
+        result = s.total()
+        s.close()
+        return result
+
+    clean, refused = run(False), run(True)
     for k in shapes:
-        np.testing.assert_array_equal(s._sums[k], before[k])
-    assert s.count == 1 and s.weight_sum == 3.0
-    s.add(good, 2.0)                                    # and it goes on as if nothing happened
-    sums = s._sums["small"].copy()
-    np.testing.assert_array_equal(s.mean()["small"], sums.astype(np.float64) / (5.0 * s._scale["small"]))
-    s.close()
+        np.testing.assert_array_equal(refused[k], clean[k])
+
+
+def test_a_pair_folds_each_term_exactly_as_alone():
+    """Folding in pairs (and the held last term alone) is the same integer sum, term by term."""
+    rng = np.random.default_rng(9)
+    items = [({"a": rng.standard_normal(3000).astype(np.float32)}, float(w)) for w in (1.0, 2.0, 3.5)]
+    for count in (1, 2, 3):
+        s = ExactSum({"a": (3000,)}, {"a": 256.0}, weight_bound=6.5, threads=1)
+        for arrays, w in items[:count]:
+            s.add(arrays, w)
+        s._settle()
+        expected = sum((items[i][0]["a"] * np.float32(items[i][1] * s._scale["a"])).astype(np.int64)
+                       for i in range(count))
+        np.testing.assert_array_equal(s._sums["a"], expected)
 
 
 def test_the_result_is_read_once_in_place_of_the_sums():
@@ -123,6 +145,7 @@ def test_the_compiled_fold_adds_each_float32_term_truncated_onto_the_grid():
     total = ExactSum({"a": (5000,)}, {"a": 256.0}, weight_bound=sum(weights), threads=1)
     for arrays, w in zip(({"a": x}, {"a": readonly}, {"a": x.astype(np.float64)}), weights):
         total.add(arrays, w)
+    total._settle()                                      # the third term was held
     expected = np.zeros(5000, np.int64)
     for w in weights:
         factor = np.float32(w * total._scale["a"])

@@ -16,14 +16,16 @@ step, ~1e-16 of the bound); `mean` divides by the sum of the rounded factors. It
 below `3 * 2**-24 * sum(w|x|) / sum(w)` plus one grid step per term: far below the float32
 resolution of the model itself.
 
-Costs one pass over each reply tensor, compiled (numba) so the range check, the product, its
-conversion and the integer add happen in registers: memory traffic is the reply read once and the
-64-bit sum read and written once (20 bytes per parameter against 12 for a float32 add). The range
-check rides along because a separate screening pass would read every reply a second time: a term
-with NaN, inf or a value beyond its bound folds nothing of it (its tensors are subtracted back,
-exactly: integer addition is reversible) and `add` raises `OutOfRange`. NumPy has no fused form
-and converts float to int64 without SIMD, which made the same fold 5x a float32 sum; large tensors
-are split over threads.
+Replies are folded in pairs, compiled (numba) so the range check, the products, their
+conversion and the integer adds happen in registers. The first reply of a pair is range-checked
+on arrival (one read) and held; the second is checked in the pass that folds both, so memory
+traffic per reply is 14 bytes per parameter (its range check, its read, half of the 64-bit sum's
+read and write) against 12 for a float32 add, and 20 when each reply was folded on its own.
+Holding one reply is the price: server memory is the sums plus at most one reply, still
+O(model). A term with NaN, inf or a value beyond its bound folds nothing of it (in the pair pass
+its share is subtracted back, exactly: integer addition is reversible) and `add` raises
+`OutOfRange` for that term alone. NumPy has no fused form and converts float to int64 without
+SIMD, which made the same fold 5x a float32 sum; large tensors are split over threads.
 """
 
 from __future__ import annotations
@@ -49,15 +51,40 @@ _CHUNK = 1 << 20
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _fold(values: np.ndarray, total: np.ndarray, factor: np.float32, bound: np.float32,
-          sign: np.int64) -> np.int64:
-    """`total += sign * int64(float32(v * factor))` for every `|v| <= bound` (truncated toward
-    zero), in one pass; returns how many values were not (NaN, inf, out of range: folded as 0)."""
+def _count_outside(values: np.ndarray, bound: np.float32) -> np.int64:
+    """How many values are not `|v| <= bound` (NaN, inf, out of range): the range check alone."""
+    bad = 0
+    for i in range(values.size):
+        bad += not (abs(values[i]) <= bound)            # True for NaN
+    return bad
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _fold(values: np.ndarray, total: np.ndarray, factor: np.float32, bound: np.float32) -> np.int64:
+    """`total += int64(float32(v * factor))` for every `|v| <= bound` (truncated toward zero), in
+    one pass; returns how many values were not (NaN, inf, out of range: folded as 0). A negated
+    factor subtracts exactly what the factor added (IEEE products and truncation are symmetric)."""
     bad = 0
     for i in range(values.size):
         v = values[i]
         inside = abs(v) <= bound                        # False for NaN
-        total[i] += sign * np.int64((v if inside else np.float32(0.0)) * factor)
+        total[i] += np.int64((v if inside else np.float32(0.0)) * factor)
+        bad += not inside
+    return bad
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _fold_pair(first: np.ndarray, values: np.ndarray, total: np.ndarray, first_factor: np.float32,
+               factor: np.float32, bound: np.float32) -> np.int64:
+    """`_fold` of an already range-checked `first` and of `values` in one pass over the sum: each
+    term truncated onto the grid on its own, exactly as two `_fold`s; returns `values`' count of
+    values outside the bound (folded as 0)."""
+    bad = 0
+    for i in range(values.size):
+        v = values[i]
+        inside = abs(v) <= bound                        # False for NaN
+        total[i] += np.int64(first[i] * first_factor) + np.int64(
+            (v if inside else np.float32(0.0)) * factor)
         bad += not inside
     return bad
 
@@ -101,7 +128,8 @@ class ExactSum:
 
     `add` requires `|x| <= value_bounds[name]` (it raises `OutOfRange` otherwise) and the weights
     added over the round to stay within `weight_bound`. `mean` or `total` reads the result once,
-    in place of the sums: they end the round.
+    in place of the sums: they end the round. Terms are folded in pairs (module docstring): after
+    an odd number of `add`s the last term is held, by reference, until the next one or the result.
     """
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], value_bounds: Mapping[str, float],
@@ -112,7 +140,10 @@ class ExactSum:
         self.value_bounds = {k: float(value_bounds[k]) for k in shapes}
         self._scale = {k: 2.0 ** (_GRID_BITS - math.ceil(math.log2(self.weight_bound * b)))
                        for k, b in self.value_bounds.items()}
+        self._bound32 = {k: np.float32(b) for k, b in self.value_bounds.items()}
         self._sums = {k: np.zeros(shape, dtype=np.int64) for k, shape in shapes.items()}
+        #: a range-checked term not yet in the sums: its float32 terms and factors
+        self._pending: tuple[dict[str, np.ndarray], dict[str, np.float32]] | None = None
         self._weights: list[float] = []
         #: per tensor, the float32 factors `w * scale` applied (the weights actually used)
         self._factors: dict[str, list[float]] = {k: [] for k in shapes}
@@ -131,7 +162,10 @@ class ExactSum:
         return math.fsum(self._weights)
 
     def add(self, arrays: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
-        """Fold `weight * arrays` into the sums, or raise `OutOfRange` and fold nothing."""
+        """Fold `weight * arrays` into the sums, or raise `OutOfRange` and fold nothing of them.
+
+        The arrays may be held (by reference) until the next `add` or the result: do not change
+        them in place meanwhile."""
         self._check_open()
         weight = float(weight)
         if not weight > 0 or not math.isfinite(weight):
@@ -141,17 +175,40 @@ class ExactSum:
         # float32 terms whatever the reply's dtype: the precision the error bound assumes
         terms = {name: np.asarray(arrays[name], dtype=np.float32).reshape(-1) for name in self._sums}
         factors = {name: np.float32(weight * self._scale[name]) for name in self._sums}
-        bad = self._fold_all(terms, factors, sign=1)
-        if any(bad.values()):
-            self._fold_all(terms, factors, sign=-1)        # exact: the sums are as they were
-            name = next(n for n, count in bad.items() if count)
-            values = terms[name]
-            raise OutOfRange(range_violation(name, float(np.min(values)), float(np.max(values)),
-                                             self.value_bounds[name])
-                             or f"'{name}' holds values outside the aggregation range")
+        if self._pending is None:
+            self._raise_if_outside(terms, self._per_tensor(_count_outside, {
+                name: ((terms[name],), (self._bound32[name],)) for name in self._sums}))
+            self._pending = (terms, factors)              # folded with the next term, or at the end
+        else:
+            first, first_factors = self._pending
+            bad = self._per_tensor(_fold_pair, {
+                name: ((first[name], terms[name], total.reshape(-1)),
+                       (first_factors[name], factors[name], self._bound32[name]))
+                for name, total in self._sums.items()})
+            self._pending = None                          # the held term is in the sums now
+            if any(bad.values()):
+                self._fold_all(terms, {n: -f for n, f in factors.items()})   # exact: this term out
+                self._raise_if_outside(terms, bad)
         for name, factor in factors.items():
             self._factors[name].append(float(factor))
         self._weights.append(weight)
+
+    def _raise_if_outside(self, terms: Mapping[str, np.ndarray], bad: Mapping[str, int]) -> None:
+        """`OutOfRange` naming the first tensor with values outside its bound, if any."""
+        name = next((n for n, count in bad.items() if count), None)
+        if name is None:
+            return
+        values = terms[name]
+        raise OutOfRange(range_violation(name, float(np.min(values)), float(np.max(values)),
+                                         self.value_bounds[name])
+                         or f"'{name}' holds values outside the aggregation range")
+
+    def _settle(self) -> None:
+        """Fold the held term on its own (it was range-checked when it was added)."""
+        if self._pending is not None:
+            terms, factors = self._pending
+            self._pending = None
+            self._fold_all(terms, factors)
 
     def _slices(self, size: int) -> list[tuple[int, int]]:
         """One contiguous slice of a large tensor per thread."""
@@ -176,12 +233,11 @@ class ExactSum:
             results[name] += int(job.result() or 0)
         return results
 
-    def _fold_all(self, terms: Mapping[str, np.ndarray], factors: Mapping[str, np.float32],
-                  sign: int) -> dict[str, int]:
+    def _fold_all(self, terms: Mapping[str, np.ndarray], factors: Mapping[str, np.float32]
+                  ) -> dict[str, int]:
         """Run `_fold` over every tensor; the count of out-of-range values per tensor."""
         return self._per_tensor(_fold, {
-            name: ((terms[name], total.reshape(-1)),
-                   (factors[name], np.float32(self.value_bounds[name]), np.int64(sign)))
+            name: ((terms[name], total.reshape(-1)), (factors[name], self._bound32[name]))
             for name, total in self._sums.items()})
 
     def _release(self, divisors: Mapping[str, float]) -> NDArrays:
@@ -189,6 +245,7 @@ class ExactSum:
         float64 are both 8 bytes): one pass and no second model-sized array to fault in. A round
         reads its sums once, so this ends them (large tensors split over threads)."""
         self._check_open()
+        self._settle()
         self._released = True
         out = {k: s.view(np.float64) for k, s in self._sums.items()}
         self._per_tensor(_scaled, {
