@@ -69,9 +69,12 @@ def utilisation(out: Path, workers: int) -> None:
     history, _ = run(out, "cohort32", [*BIG, "partitioner.num_clients=200", "num_rounds=3"], 32)
     rounds = history[2:]                  # round 1 includes the workers' first model build
     compute = sum(h["client_compute_s"] for h in rounds)
+    calls = sum(h.get("client_total_s", 0.0) for h in rounds)
     wall = sum(h["train_wall_s"] for h in rounds)
     print(f"sum of client compute / (train wall x {workers} workers), cohort 32, 29 M model, rounds "
-          f"2-3: {compute:.1f} / ({wall:.1f} x {workers}) = {compute / (wall * workers):.2f} (goal >= 0.95)")
+          f"2-3: {compute:.1f} / ({wall:.1f} x {workers}) = {compute / (wall * workers):.2f} (goal >= 0.95); "
+          f"whole client calls (model loading, reply building included): {calls:.1f} s = "
+          f"{calls / (wall * workers):.2f} of the workers' time")
 
 
 def population(out: Path) -> None:

@@ -142,6 +142,7 @@ class RunRecorder:
             "train_seconds": round(float(train.get("num-seconds", 0.0)), 3),
             "bytes_up": int(outcome.bytes_up), "bytes_down": int(outcome.bytes_down),
             "client_compute_s": round(self._client_compute(train), 3),
+            "client_total_s": round(float(train.get("client-total-s", 0.0)), 3),
             "train_wall_s": round(outcome.train_wall_s, 3),
             "wall_s": round(outcome.wall_s, 3), "elapsed_s": round(self.elapsed(), 2),
             "server_peak_rss_mb": round(peak_rss_mb(), 1),
@@ -181,7 +182,8 @@ class RunRecorder:
         record = {"round": rnd, **metrics, "train_loss": float(train_loss), "clients_sampled": 0,
                   "clients_replied": 0, "clients_failed": 0, "participants": [],
                   "train_seconds": round(float(train_seconds), 3), "bytes_up": 0, "bytes_down": 0,
-                  "client_compute_s": round(train_wall_s, 3), "train_wall_s": round(train_wall_s, 3),
+                  "client_compute_s": round(train_wall_s, 3), "client_total_s": round(train_wall_s, 3),
+                  "train_wall_s": round(train_wall_s, 3),
                   "wall_s": round(wall_s, 3), "elapsed_s": round(self.elapsed(), 2), "lr": float(lr)}
         self._finish_round(record, records)
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO, TINY_CORPUS, TINY_RUN, read_history, run_module
 
 # what differs between two runs of the same config: timings, memory, and the random node ids
-TIMING = {"wall_s", "elapsed_s", "train_wall_s", "client_compute_s", "eval_s", "server_peak_rss_mb",
-          "participant_nodes"}
+TIMING = {"wall_s", "elapsed_s", "train_wall_s", "client_compute_s", "client_total_s", "eval_s",
+          "server_peak_rss_mb", "participant_nodes"}
 RUN = [*TINY_CORPUS, *TINY_RUN, "num_rounds=3", "strategy.num_train_nodes=2", "seed=3",
        "strategy=fedadam"]
 
@@ -26,7 +26,8 @@ def _comparable(history: list[dict]) -> list[dict]:
     for h in history:
         h = {k: v for k, v in h.items() if k not in TIMING}
         if "clients" in h:
-            h["clients"] = {pid: {k: v for k, v in m.items() if k != "client-compute-s"}
+            h["clients"] = {pid: {k: v for k, v in m.items()
+                                 if k not in ("client-compute-s", "client-total-s")}
                             for pid, m in h["clients"].items()}
         out.append(h)
     return out
