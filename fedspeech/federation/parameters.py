@@ -46,11 +46,23 @@ def array_from_numpy(values: np.ndarray) -> Array:
     return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=NUMPY_STYPE, data=data)
 
 
+def _npy_header_size(data: bytes | memoryview) -> int:
+    """Bytes of the `.npy` magic, version and header at the start of `data` (format 1.0, 2.0, 3.0)."""
+    head = bytes(memoryview(data)[:12])
+    if head[:6] != b"\x93NUMPY":
+        raise ValueError("not .npy data (no NUMPY magic)")
+    if head[6] == 1:
+        return 10 + int.from_bytes(head[8:10], "little")
+    return 12 + int.from_bytes(head[8:12], "little")
+
+
 def array_view(array: Array) -> np.ndarray:
-    """A read-only NumPy view of an `Array`'s bytes: no parse of the whole buffer, no copy."""
+    """A read-only NumPy view of an `Array`'s data, `bytes` or a buffer (what arrives through Ray,
+    `ray_transport`): only the header is parsed and copied, never the tensor."""
     if array.stype != NUMPY_STYPE:
         raise TypeError(f"unsupported array serialisation {array.stype!r}")
-    stream = io.BytesIO(array.data)
+    header_size = _npy_header_size(array.data)
+    stream = io.BytesIO(bytes(memoryview(array.data)[:header_size]))
     version = np.lib.format.read_magic(stream)
     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                    else np.lib.format.read_array_header_2_0)
@@ -59,7 +71,7 @@ def array_view(array: Array) -> np.ndarray:
     if fortran:
         raise ValueError("Fortran-ordered arrays are not exchanged")
     return np.frombuffer(array.data, dtype=dtype, count=int(np.prod(shape)),
-                         offset=stream.tell()).reshape(shape)
+                         offset=header_size).reshape(shape)
 
 
 def readonly_tensor(values: np.ndarray) -> torch.Tensor:
@@ -105,4 +117,4 @@ def load_record(model: SpeechModel, record: ArrayRecord) -> None:
 
 def record_nbytes(record: ArrayRecord) -> int:
     """Bytes of a record's arrays as they travel (tensor data + one .npy header per tensor)."""
-    return sum(len(arr.data) for arr in record.values())
+    return sum(memoryview(arr.data).nbytes for arr in record.values())
