@@ -23,6 +23,21 @@ def test_flower_engine_entry_takes_what_the_adapter_passes():
     assert set(ENGINE_PARAMETERS) <= set(inspect.signature(_run_simulation).parameters)
 
 
+def test_flower_engine_builds_the_backend_the_adapter_installs():
+    """`ray_backend.staged_backend` replaces the class Flower's engine imports when it starts, and
+    puts Flower's back afterwards, even when the simulation raises."""
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from fedspeech.federation.ray_backend import StagedRayBackend, staged_backend
+    assert "from .backend.raybackend import RayBackend" in inspect.getsource(vce_api.start_vce)
+    flower = raybackend.RayBackend
+    with pytest.raises(RuntimeError, match="engine failed"), staged_backend():
+        assert raybackend.RayBackend is StagedRayBackend and issubclass(StagedRayBackend, flower)
+        raise RuntimeError("engine failed")
+    assert raybackend.RayBackend is flower
+
+
 def test_both_runtimes_take_resources_from_the_hydra_config():
     cfg = compose_config(["client_resources.num_cpus=2", "client_resources.num_gpus=0.5",
                           "ray_init_args.num_cpus=6"])

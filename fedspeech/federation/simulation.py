@@ -6,7 +6,9 @@ through `flwr.simulation.run_simulation`, which is deprecated in favour of `flwr
 a deprecation banner, a telemetry event and a call of `_run_simulation`, the function Flower's own
 `flwr-simulation` runtime process calls. We call `_run_simulation` here, and nowhere else, so a
 default run prints no deprecation warning; `tests/test_simulation_runtime.py` pins the parameters
-used, so a Flower upgrade that changes them fails there first (Flower is pinned to 1.42.0).
+used, so a Flower upgrade that changes them fails there first (Flower is pinned to 1.42.0). The
+engine runs on `ray_backend.StagedRayBackend`, Flower's Ray backend with each hand-over between
+two clients off the actors' clock.
 
 `flwr_run` is Flower's supported path (`federation/flwr_run_simulation.py`): a private local
 SuperLink in simulation mode and `flwr run` of this project's app bundle. README ("Simulation
@@ -47,14 +49,16 @@ def run_in_process(cfg: DictConfig, run_dir: Path, num_clients: int) -> None:
     from flwr.supercore.telemetry import EventType
 
     from fedspeech.federation.client_app import make_client_app
+    from fedspeech.federation.ray_backend import staged_backend
     from fedspeech.federation.server_app import make_server_app
 
     carriers = carrier_nodes(cfg, num_clients)
-    _run_simulation(num_supernodes=num_clients if carriers is None else carriers,
-                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                    client_app=make_client_app(cfg, carried=carriers is not None),
-                    server_app=make_server_app(cfg, run_dir, carriers=carriers),
-                    backend_name="ray", backend_config=backend_config(cfg))
+    with staged_backend():
+        _run_simulation(num_supernodes=num_clients if carriers is None else carriers,
+                        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                        client_app=make_client_app(cfg, carried=carriers is not None),
+                        server_app=make_server_app(cfg, run_dir, carriers=carriers),
+                        backend_name="ray", backend_config=backend_config(cfg))
 
 
 def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
