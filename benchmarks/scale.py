@@ -72,9 +72,9 @@ def utilisation(out: Path, workers: int) -> None:
     calls = sum(h.get("client_total_s", 0.0) for h in rounds)
     wall = sum(h["train_wall_s"] for h in rounds)
     print(f"sum of client compute / (train wall x {workers} workers), cohort 32, 29 M model, rounds "
-          f"2-3: {compute:.1f} / ({wall:.1f} x {workers}) = {compute / (wall * workers):.2f} (goal >= 0.95); "
+          f"2-3: {compute:.1f} / ({wall:.1f} x {workers}) = {compute / (wall * workers):.3f} (goal >= 0.95); "
           f"whole client calls (model loading, reply building included): {calls:.1f} s = "
-          f"{calls / (wall * workers):.2f} of the workers' time")
+          f"{calls / (wall * workers):.3f} of the workers' time")
 
 
 def population(out: Path) -> None:
