@@ -76,17 +76,18 @@ def client_train(cfg: DictConfig, msg: Message, context: Context, *, carried: bo
         torch.manual_seed(seed)       # dropout and augmentation of this round, not the process's
         result = task.train(cfg, model, task.client_rows(data, client), data, device,
                             ConfigRecord(dict(conf)), extras, seed)
+    arrays = to_record(model)
+    if faults.nan:
+        arrays = poison_with_nan(arrays)
     metrics = MetricRecord({
         "num-examples": result.num_examples, "num-seconds": result.num_seconds,
         "train-loss": result.loss, "train-steps": result.steps, "partition-id": client,
         "skipped-utterances": result.skipped_utterances,
-        "client-compute-s": result.compute_s, "client-total-s": time.perf_counter() - t0,
+        "client-compute-s": result.compute_s,
+        "client-total-s": time.perf_counter() - t0,   # the whole call, the reply's arrays built
     })
     if device.type == "cuda":
         metrics["gpu-peak-mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    arrays = to_record(model)
-    if faults.nan:
-        arrays = poison_with_nan(arrays)
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 #: the reason given to a sampled client that never answered in time
 NO_REPLY = "no reply before the round timeout"
 #: reply metrics kept per client in the round's record (small: a few numbers per client)
-#: (`client-compute-s`: its training loop; `client-total-s`: its whole call, model loading included)
+#: (`client-compute-s`: its training loop; `client-total-s`: its whole call, from the global model
+#: received to the reply built)
 CLIENT_METRIC_KEYS = ("num-seconds", "train-steps", "train-loss", "client-compute-s", "client-total-s",
                       "gpu-peak-mb", "skipped-utterances")
 
